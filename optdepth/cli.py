@@ -1,0 +1,143 @@
+"""The ``optdepth`` command: a thin layer over library functions.
+
+    optdepth train --out RUN [--config FILE] [flags]      train (or --resume) a multi-exit net
+    optdepth evaluate RUN                                 per-exit accuracy, norms, exit traces
+    optdepth demo --out DIR [--quick]                     baseline vs L_depth, report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from optdepth.errors import OptDepthError
+
+log = logging.getLogger("optdepth")
+
+# flag -> (TrainConfig field, type, help)
+TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--model": ("model", str, "registered model name (default resnet20)"),
+    "--epochs": ("epochs", int, "training epochs"),
+    "--batch-size": ("batch_size", int, "batch size"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--weight-decay": ("weight_decay", float, "SGD weight decay"),
+    "--beta": ("beta", float, "weight of the depth regulariser L_depth (0 = off)"),
+    "--regularizer": ("regularizer", str, "L_depth variant"),
+    "--beta-warmup-epochs": ("beta_warmup_epochs", float, "epochs over which beta ramps up"),
+    "--exit-weighting": ("exit_weighting", str, "uniform | linear"),
+    "--data-dir": ("data_dir", str, "folder with the four Fashion-MNIST IDX .gz files"),
+    "--train-subset": ("train_subset", int, "train on the first N images only"),
+    "--seed": ("seed", int, "random seed"),
+    "--threads": ("threads", int, "torch CPU threads"),
+}
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a multi-exit network with L_depth")
+    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--config", help="JSON or TOML file of TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--width", type=int, help="channel width multiplier of the model")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for flag, (field, kind, text) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, help=text)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run and write its exit traces")
+    p.add_argument("run", help="run directory written by `optdepth train`")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="baseline vs L_depth ResNet-20 on Fashion-MNIST, with report")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
+    p.add_argument("--epochs", type=int, help="override the schedule's epochs")
+    p.add_argument("--beta", type=float, help="L_depth weight of the second net")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optdepth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from optdepth.training import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    changes = {field: getattr(args, field) for field, _, _ in TRAIN_FLAGS.values()
+               if getattr(args, field) is not None}
+    if args.width is not None:
+        changes["model_kwargs"] = {**config.model_kwargs, "width": args.width}
+    if args.resume and (changes or args.config):
+        log.warning("--resume continues with the run's stored config.json; other flags ignored")
+    result = train(config.replace(**changes), args.out, resume=args.resume,
+                   progress=not args.no_progress)
+    last = result.history[-1]
+    log.info("done: %d epochs, calibration accuracy of the last exit %.4f; run in %s",
+             last["epoch"], last["cal_accuracy"], result.run_dir)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from optdepth.data import load_fashion_mnist
+    from optdepth.evaluation import evaluate_run
+
+    data = load_fashion_mnist(args.data_dir) if args.data_dir else None
+    summary = evaluate_run(args.run, data=data, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    accs = ", ".join(f"{100 * a:.2f}" for a in summary["exit_accuracy"])
+    log.info("test accuracy per exit (%%): %s", accs)
+    log.info("decay fit: K = %.3f, rho = %.3f", summary["decay_fit"]["K"],
+             summary["decay_fit"]["rho"])
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from optdepth.demo import DEFAULT_BETA, run_demo
+
+    beta = DEFAULT_BETA if args.beta is None else args.beta
+    metrics = run_demo(args.out, quick=args.quick, beta=beta, epochs=args.epochs,
+                       data_dir=args.data_dir, threads=args.threads,
+                       progress=not args.no_progress)
+    for name, net in metrics["nets"].items():
+        log.info("%-8s last exit %.2f%%, rho %.3f", name, 100 * net["exit_accuracy"][-1],
+                 net["rho"])
+    log.info("report: %s/report.md (%.1f min)", args.out, metrics["wall_seconds"] / 60)
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except OptDepthError as exc:
+        print(f"optdepth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optdepth: interrupted; completed epochs are saved, rerun with --resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""L_depth: penalties that make later residual updates small relative to earlier ones.
+
+Every variant maps an :class:`ExitOutputs` to a scalar ``beta_eff * penalty``; ``beta_eff``
+ramps linearly from 0 to ``beta`` over ``warmup_epochs`` so the exits first learn to predict.
+A new variant subclasses :class:`DepthRegularizer` and implements :meth:`penalty`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from optdepth.errors import ConfigError
+from optdepth.models.base import ExitOutputs
+
+
+class DepthRegularizer(nn.Module):
+    """Base class. Subclasses implement ``penalty(relative_norms (blocks, B)) -> scalar``.
+
+    Args:
+        beta: weight β ≥ 0 of the penalty in the training loss.
+        warmup_epochs: epochs over which β ramps linearly from 0 (0 = no warm-up).
+    """
+
+    def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0) -> None:
+        super().__init__()
+        for name, value in (("beta", beta), ("warmup_epochs", warmup_epochs)):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.beta = float(beta)
+        self.warmup_epochs = float(warmup_epochs)
+
+    def weight(self, epoch: float | None = None) -> float:
+        """β after warm-up at fractional ``epoch`` (full β when ``epoch`` is None)."""
+        if epoch is None or self.warmup_epochs == 0:
+            return self.beta
+        return self.beta * min(1.0, max(0.0, epoch) / self.warmup_epochs)
+
+    def penalty(self, relative_norms: Tensor) -> Tensor:
+        """Unweighted penalty from per-block ||F_t(h_t)|| / ||S_t(h_t)||, shape (blocks, B)."""
+        raise NotImplementedError
+
+    def forward(self, outputs: ExitOutputs, epoch: float | None = None) -> Tensor:
+        """Scalar β(epoch) · penalty; exactly zero (no graph) when β(epoch) is 0."""
+        w = self.weight(epoch)
+        if w == 0.0:
+            return outputs.logits.new_zeros(())
+        return w * self.penalty(outputs.relative_residual_norms)
+
+
+def depth_ramp(num_blocks: int, device: torch.device | None = None) -> Tensor:
+    """(blocks,) weights w_t = t / blocks for t = 1..blocks: later blocks pay more."""
+    return torch.arange(1, num_blocks + 1, device=device, dtype=torch.float32) / num_blocks
+
+
+class RelativeNormPenalty(DepthRegularizer):
+    """Σ_t w_t · E_b[(||F_t|| / ||S_t||)²] with w_t = t / blocks (normalised to sum to 1)."""
+
+    def penalty(self, relative_norms: Tensor) -> Tensor:
+        w = depth_ramp(relative_norms.shape[0], relative_norms.device)
+        return (w / w.sum() * relative_norms.pow(2).mean(dim=1)).sum()
+
+
+class DecayHingePenalty(DepthRegularizer):
+    """Σ_t E_b[relu(r_{t+1} − ρ·r_t)²] on relative norms r: asks for decay at rate ≤ ρ.
+
+    Args:
+        rho: target per-block decay rate in (0, 1].
+    """
+
+    def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0, rho: float = 0.8) -> None:
+        super().__init__(beta, warmup_epochs)
+        if not 0.0 < rho <= 1.0:
+            raise ConfigError(f"rho must be in (0, 1], got {rho!r}")
+        self.rho = float(rho)
+
+    def penalty(self, relative_norms: Tensor) -> Tensor:
+        excess = relative_norms[1:] - self.rho * relative_norms[:-1]  # (blocks-1, B)
+        return torch.relu(excess).pow(2).mean(dim=1).sum()
+
+
+REGULARIZERS: dict[str, type[DepthRegularizer]] = {
+    "relative": RelativeNormPenalty,
+    "decay_hinge": DecayHingePenalty,
+}
+
+
+def list_regularizers() -> list[str]:
+    """Names accepted by :func:`create_regularizer`."""
+    return sorted(REGULARIZERS)
+
+
+def create_regularizer(name: str, **kwargs: Any) -> DepthRegularizer:
+    """Build an L_depth variant, e.g. ``create_regularizer("relative", beta=0.5)``."""
+    if name not in REGULARIZERS:
+        raise ConfigError(f"unknown regularizer {name!r}; available: {', '.join(list_regularizers())}")
+    try:
+        return REGULARIZERS[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad arguments for regularizer {name!r}: {exc}") from exc

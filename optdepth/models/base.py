@@ -1,0 +1,149 @@
+"""The contract every multi-exit model honours.
+
+A multi-exit model is a stem followed by T segments; segment t runs one or more residual blocks
+and ends at exit t, where a head turns the state into class logits. Models only compute: they
+never decide when to stop. Policies decide; the inference engine applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from optdepth.errors import DataError
+
+
+@dataclass(frozen=True)
+class ExitOutputs:
+    """What a multi-exit forward pass returns.
+
+    Attributes:
+        logits: (T, B, C) class logits, one row per exit that was computed.
+        residual_norms: (blocks, B) per-sample ||F_t(h_t)|| of each residual block computed.
+        state_norms: (blocks, B) per-sample ||S_t(h_t)||, the state the residual is added to
+            (S_t is the identity, or the 1x1 projection shortcut of a downsampling block).
+    """
+
+    logits: Tensor
+    residual_norms: Tensor
+    state_norms: Tensor
+
+    @property
+    def relative_residual_norms(self) -> Tensor:
+        """(blocks, B) ||F_t(h_t)|| / ||S_t(h_t)||, guarded against a zero state."""
+        return self.residual_norms / self.state_norms.clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One segment of the forward pass: the new state, the exit's logits and block norms.
+
+    Attributes:
+        state: the network state after the segment (any shape, batch first).
+        logits: (B, C) logits of the exit that ends the segment.
+        residual_norms: (k, B) ||F|| of the k blocks in the segment.
+        state_norms: (k, B) ||S(h)|| of the k blocks in the segment.
+    """
+
+    state: Tensor
+    logits: Tensor
+    residual_norms: Tensor
+    state_norms: Tensor
+
+
+class MultiExitModel(nn.Module):
+    """Base class: subclasses implement :meth:`stem`, :meth:`step` and set the attributes.
+
+    Subclasses must set ``input_shape`` (C, H, W), ``num_classes``, ``num_exits``,
+    ``num_blocks`` and ``exit_blocks`` (0-based index of the block each exit follows).
+    """
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    num_exits: int
+    num_blocks: int
+    exit_blocks: tuple[int, ...]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exit_costs: Tensor | None = None
+
+    def stem(self, x: Tensor) -> Tensor:
+        """Map the input (B, C, H, W) to the state the first segment starts from."""
+        raise NotImplementedError
+
+    def step(self, state: Tensor, t: int) -> StepOutput:
+        """Run segment ``t`` (blocks up to exit t) and evaluate exit ``t``."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`DataError` unless ``x`` is a float batch of ``input_shape`` images."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise DataError(
+                f"{type(self).__name__} expects images of shape (B, {', '.join(map(str, self.input_shape))}),"
+                f" got {got}. Build the model with matching in_channels/image_size"
+                " (create_model(name, in_channels=..., image_size=...)) or resize the data."
+            )
+
+    def forward(self, x: Tensor) -> ExitOutputs:
+        """Full forward through every exit: logits (T, B, C)."""
+        return self.forward_until(x, self.num_exits - 1)
+
+    def forward_until(self, x: Tensor, exit_index: int) -> ExitOutputs:
+        """Forward up to and including exit ``exit_index``; nothing beyond it is computed.
+
+        Returns:
+            ExitOutputs with logits (exit_index + 1, B, C) and the norms of the blocks run.
+        """
+        if not 0 <= exit_index < self.num_exits:
+            raise ValueError(f"exit_index must be in [0, {self.num_exits - 1}], got {exit_index}")
+        self.check_input(x)
+        state = self.stem(x)
+        logits, res, base = [], [], []
+        for t in range(exit_index + 1):
+            out = self.step(state, t)
+            state = out.state
+            logits.append(out.logits)
+            res.append(out.residual_norms)
+            base.append(out.state_norms)
+        return ExitOutputs(torch.stack(logits), torch.cat(res), torch.cat(base))
+
+    def exit_costs(self) -> Tensor:
+        """Cumulative compute to reach and evaluate each exit, as a fraction of the full forward.
+
+        Counted with torch's FlopCounterMode on one input in eval mode. Exit t's cost includes the
+        stem, every block up to it and the heads of exits 0..t (an early-exit run evaluates them
+        all to decide), so the last entry is exactly 1.0.
+
+        Returns:
+            float32 tensor (T,), non-decreasing, last entry 1.0.
+        """
+        if self._exit_costs is None:
+            self._exit_costs = self._count_exit_flops()
+        return self._exit_costs.clone()
+
+    def _count_exit_flops(self) -> Tensor:
+        was_training = self.training
+        device = next(self.parameters()).device
+        x = torch.zeros(1, *self.input_shape, device=device)
+        cumulative = []
+        try:
+            self.eval()
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                state = self.stem(x)
+                for t in range(self.num_exits):
+                    state = self.step(state, t).state
+                    cumulative.append(counter.get_total_flops())
+        finally:
+            self.train(was_training)
+        flops = torch.tensor(cumulative, dtype=torch.float64)
+        return (flops / flops[-1]).to(torch.float32)
+
+
+def per_sample_norm(x: Tensor) -> Tensor:
+    """(B, ...) -> (B,) Euclidean norm of each sample, computed in float32."""
+    return x.flatten(1).float().norm(dim=1)

@@ -1,0 +1,5 @@
+"""Reports: plots and markdown written from metrics, never from live models."""
+
+from optdepth.reports.plots import plot_exit_accuracy, plot_residual_decay
+
+__all__ = ["plot_exit_accuracy", "plot_residual_decay"]

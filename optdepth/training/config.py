@@ -1,0 +1,117 @@
+"""Training configuration: a frozen dataclass, loadable from JSON/TOML and overridable by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optdepth.errors import ConfigError
+from optdepth.losses.depth import list_regularizers
+from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
+from optdepth.models.registry import list_models
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (the run directory keeps it as config.json).
+
+    Defaults train a multi-exit ResNet-20 on Fashion-MNIST well on two CPU cores: SGD with
+    Nesterov momentum, a linear warm-up then cosine decay of the learning rate (per step).
+    """
+
+    model: str = "resnet20"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None  # use only the first n training images (smoke tests)
+    epochs: int = 24
+    batch_size: int = 256
+    lr: float = 0.2
+    lr_warmup_epochs: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    exit_weighting: str = "uniform"
+    regularizer: str = "relative"
+    beta: float = 0.0
+    beta_warmup_epochs: float = 1.0
+    regularizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    augment: bool = True
+    seed: int = 0
+    threads: int | None = None
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        self._check_names()
+        self._check_numbers()
+
+    def _check_names(self) -> None:
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
+        if self.regularizer not in list_regularizers():
+            raise ConfigError(f"unknown regularizer {self.regularizer!r}; available: "
+                              f"{', '.join(list_regularizers())}")
+        if self.exit_weighting not in EXIT_WEIGHTINGS:
+            raise ConfigError(f"unknown exit_weighting {self.exit_weighting!r}; "
+                              f"choose one of {', '.join(EXIT_WEIGHTINGS)}")
+        if self.dataset != "fashion-mnist":
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: fashion-mnist")
+
+    def _check_numbers(self) -> None:
+        positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size,
+                         "eval_batch_size": self.eval_batch_size}
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("train_subset", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}; try 0.1-0.2")
+        non_negative = {"beta": self.beta, "weight_decay": self.weight_decay,
+                        "lr_warmup_epochs": self.lr_warmup_epochs,
+                        "beta_warmup_epochs": self.beta_warmup_epochs}
+        for name, value in non_negative.items():
+            if not _finite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not _finite(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (and validated); unknown keys are an error."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls().replace(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a .json or .toml file whose keys are TrainConfig fields."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a table/object of settings")
+        return cls.from_dict(data)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

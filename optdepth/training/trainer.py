@@ -1,0 +1,214 @@
+"""The training loop: multi-exit cross-entropy + β·L_depth, SGD with warm-up + cosine.
+
+A run directory holds::
+
+    config.json            the resolved TrainConfig
+    metrics.jsonl          one JSON record per finished epoch
+    tb/                    TensorBoard events
+    checkpoints/last.pt    the latest checkpoint (see optdepth.training.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from optdepth.checkpoints import load_checkpoint, save_checkpoint
+from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from optdepth.data.loader import iterate_batches, num_batches
+from optdepth.errors import CheckpointError, ConfigError, TrainingError
+from optdepth.evaluation.inference import forward_split
+from optdepth.io import write_json, write_text
+from optdepth.losses.depth import DepthRegularizer, create_regularizer
+from optdepth.losses.multi_exit import multi_exit_cross_entropy
+from optdepth.models.base import MultiExitModel
+from optdepth.models.registry import create_model
+from optdepth.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns: the trained model, per-epoch records and the run folder."""
+
+    model: MultiExitModel
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+def build_model(config: TrainConfig, data: FashionMNIST) -> MultiExitModel:
+    """The config's model, with input channels, image size and classes taken from the data."""
+    _, channels, size, _ = data.train.images.shape
+    kwargs = {"in_channels": channels, "image_size": size, "num_classes": len(data.classes),
+              **config.model_kwargs}
+    return create_model(config.model, **kwargs)
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier at step s: linear warm-up to 1, then half-cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class _Run:
+    """State of one training run; :func:`train` drives it epoch by epoch."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, data: FashionMNIST) -> None:
+        self.config, self.run_dir, self.data = config, run_dir, data
+        self.train_split = data.train if config.train_subset is None else \
+            data.train.subset(config.train_subset)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, data)
+        self.regularizer: DepthRegularizer = create_regularizer(
+            config.regularizer, beta=config.beta, warmup_epochs=config.beta_warmup_epochs,
+            **config.regularizer_kwargs)
+        self.steps_per_epoch = num_batches(len(self.train_split), config.batch_size)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
+                                         momentum=config.momentum, nesterov=config.momentum > 0,
+                                         weight_decay=config.weight_decay)
+        warmup = round(config.lr_warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(config.epochs * self.steps_per_epoch, warmup))
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path, expected_arch=self.config.model)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.history = list(ckpt["history"])
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        self.model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+        batches = iterate_batches(self.train_split, self.config.batch_size, shuffle=True,
+                                  augment=self.config.augment, seed=self.config.seed, epoch=epoch)
+        bar = tqdm(batches, total=self.steps_per_epoch, disable=not progress, leave=False,
+                   desc=f"epoch {epoch + 1}/{self.config.epochs}")
+        for i, (images, labels) in enumerate(bar):
+            out = self.model(images)
+            ce = multi_exit_cross_entropy(out.logits, labels, self.config.exit_weighting,
+                                          self.config.label_smoothing)
+            reg = self.regularizer(out, epoch=epoch + i / self.steps_per_epoch)
+            loss = ce + reg
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr or"
+                    f" --beta. Earlier checkpoints in {self.run_dir} are intact.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            for key, value in (("loss", loss), ("ce", ce), ("reg", reg)):
+                sums[key] += float(value.detach())
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
+        return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+
+    def end_epoch(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        cal = forward_split(self.model, self.data.calibration, self.config.eval_batch_size)
+        accuracy = cal.exit_accuracy()
+        record = {"epoch": epoch + 1, **record,
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "beta": self.regularizer.weight(epoch + 1),
+                  "cal_accuracy": float(accuracy[-1]),
+                  "cal_exit_accuracy": [round(float(a), 5) for a in accuracy],
+                  "relative_residual_norm": [round(float(r), 5)
+                                             for r in cal.relative_residual_norm()]}
+        self.history.append(record)
+        save_checkpoint(self.checkpoint_path, {
+            "arch": {"name": self.config.model, "kwargs": self.model.arch_kwargs},
+            "config": self.config.to_dict(), "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch + 1, "metric": record["cal_accuracy"], "history": self.history})
+        write_text(self.run_dir / "metrics.jsonl",
+                   "".join(json.dumps(r) + "\n" for r in self.history))
+        return record
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> TrainConfig:
+    """Check the folder and write config.json; on resume, return the stored config."""
+    config_path = run_dir / "config.json"
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise CheckpointError(f"nothing to resume in {run_dir}: no checkpoints/last.pt. "
+                                  "Start a new run without --resume.")
+        return TrainConfig.from_file(config_path)
+    if config_path.exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or "
+                          "choose another --out (earlier runs are never overwritten)")
+    write_json(config_path, config.to_dict())
+    return config
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+          progress: bool = True, data: FashionMNIST | None = None,
+          callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
+    """Train a multi-exit model and write its run directory.
+
+    Args:
+        config: the run's settings (ignored on resume: the stored config.json is used).
+        run_dir: output folder; must not already hold a run unless ``resume``.
+        resume: continue from ``run_dir/checkpoints/last.pt``.
+        progress: show tqdm progress bars.
+        data: preloaded data (else loaded from ``config.data_dir``).
+        callbacks: called with each epoch's record after it is saved.
+
+    Returns:
+        TrainResult with the model after the last epoch.
+    """
+    run_dir = Path(run_dir)
+    config = _prepare_run_dir(config, run_dir, resume)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    run = _Run(config, run_dir, data or load_fashion_mnist(config.data_dir))
+    if resume:
+        run.restore()
+        log.info("resuming %s after epoch %d", run_dir, len(run.history))
+    from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(run.history) + 1)
+    try:
+        for epoch in range(len(run.history), config.epochs):
+            start = time.perf_counter()
+            stats = run.train_epoch(epoch, progress)
+            record = run.end_epoch(epoch, {**stats, "seconds": time.perf_counter() - start})
+            _log_epoch(writer, record)
+            for callback in callbacks:
+                callback(record)
+    finally:
+        writer.close()
+    return TrainResult(run.model, run.history, run_dir)
+
+
+def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
+    step = record["epoch"]
+    for key in ("train_loss", "train_ce", "train_reg", "lr", "beta", "cal_accuracy", "seconds"):
+        writer.add_scalar(key, record[key], step)
+    for t, acc in enumerate(record["cal_exit_accuracy"]):
+        writer.add_scalar(f"cal_exit_accuracy/exit_{t}", acc, step)
+    for b, r in enumerate(record["relative_residual_norm"]):
+        writer.add_scalar(f"relative_residual_norm/block_{b}", r, step)
+    log.info("epoch %d: loss %.4f, cal acc %.4f (%.0f s)", step, record["train_loss"],
+             record["cal_accuracy"], record["seconds"])

@@ -1,0 +1,80 @@
+"""Multi-exit cross-entropy and the L_depth regularisers."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import optdepth
+from optdepth.errors import ConfigError
+from optdepth.losses import exit_weights, multi_exit_cross_entropy
+from optdepth.models import ExitOutputs
+
+
+def outputs(rel, logits=None):
+    rel = torch.as_tensor(rel, dtype=torch.float32)
+    logits = torch.zeros(2, rel.shape[1], 3) if logits is None else logits
+    return ExitOutputs(logits, rel, torch.ones_like(rel))
+
+
+def test_exit_weights():
+    torch.testing.assert_close(exit_weights(4, "uniform"), torch.ones(4))
+    torch.testing.assert_close(exit_weights(3, "linear"), torch.tensor([1.0, 2.0, 3.0]) / 2)
+    with pytest.raises(ConfigError, match="unknown exit weighting"):
+        exit_weights(3, "cubic")
+
+
+def test_multi_exit_ce_matches_per_exit_ce():
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 5, 4), torch.randint(0, 4, (5,))
+    per_exit = torch.stack([F.cross_entropy(logits[t], y) for t in range(3)])
+    torch.testing.assert_close(multi_exit_cross_entropy(logits, y), per_exit.sum())
+    torch.testing.assert_close(multi_exit_cross_entropy(logits, y, "linear"),
+                               (per_exit * torch.tensor([1, 2, 3]) / 2).sum())
+
+
+def test_relative_penalty_known_value():
+    # blocks with relative norms 1, 2 (both samples): weights 1/3, 2/3 -> 1/3*1 + 2/3*4 = 3
+    reg = optdepth.create_regularizer("relative", beta=2.0)
+    value = reg(outputs([[1.0, 1.0], [2.0, 2.0]]))
+    assert value.item() == pytest.approx(2.0 * 3.0)
+
+
+def test_decay_hinge_known_value():
+    reg = optdepth.create_regularizer("decay_hinge", beta=1.0, rho=0.5)
+    # r = [1, 0.9, 0.3]: excess 0.9-0.5=0.4, 0.3-0.45<0 -> 0.16
+    assert reg(outputs([[1.0], [0.9], [0.3]])).item() == pytest.approx(0.16)
+    assert reg(outputs([[1.0], [0.5], [0.25]])).item() == 0.0  # exact geometric decay is free
+
+
+def test_beta_warmup_and_zero_beta():
+    reg = optdepth.create_regularizer("relative", beta=1.0, warmup_epochs=2.0)
+    assert [reg.weight(e) for e in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
+    assert reg.weight(None) == 1.0
+    out = outputs([[1.0], [1.0]])
+    assert reg(out, epoch=1).item() == pytest.approx(0.5 * reg(out).item())
+    off = optdepth.create_regularizer("relative", beta=0.0)
+    assert off(out).item() == 0.0 and not off(out).requires_grad
+
+
+@pytest.mark.parametrize("name", optdepth.list_regularizers())
+def test_penalty_gradient_shrinks_later_residuals(name):
+    rel = torch.tensor([[0.5, 0.4], [0.6, 0.5], [0.7, 0.8]], requires_grad=True)
+    reg = optdepth.create_regularizer(name, beta=1.0)
+    reg(ExitOutputs(torch.zeros(3, 2, 3), rel, torch.ones(3, 2))).backward()
+    assert rel.grad[-1].sum() > 0  # pushing the last block's norm down lowers the penalty
+    assert torch.isfinite(rel.grad).all()
+
+
+def test_regularizer_errors():
+    with pytest.raises(ConfigError, match="unknown regularizer 'l3'.*relative"):
+        optdepth.create_regularizer("l3")
+    with pytest.raises(ConfigError, match="beta must be a finite number >= 0"):
+        optdepth.create_regularizer("relative", beta=-1)
+    with pytest.raises(ConfigError, match="beta must be"):
+        optdepth.create_regularizer("relative", beta=math.nan)
+    with pytest.raises(ConfigError, match="rho must be in"):
+        optdepth.create_regularizer("decay_hinge", rho=1.5)
+    with pytest.raises(ConfigError, match="bad arguments"):
+        optdepth.create_regularizer("relative", rho=0.5)

@@ -1,0 +1,110 @@
+"""One contract for every multi-exit model, checked by one parametrised test."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import optdepth
+from optdepth.errors import ConfigError, DataError
+from optdepth.models import ExitOutputs
+from optdepth.models.resnet_cifar import exit_positions
+
+# (name, overrides): every registered model, plus the exit placements.
+CASES = [(name, {}) for name in optdepth.list_models()] + [
+    ("resnet20", {"exits": "stages"}),
+    ("resnet20", {"exits": 2}),
+    ("resnet20", {"width": 2, "stem_stride": 1}),
+    ("resnet32", {"in_channels": 3, "num_classes": 7, "image_size": 16}),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), CASES, ids=lambda v: str(v))
+def test_multi_exit_contract(name, overrides):
+    torch.manual_seed(0)
+    model = optdepth.create_model(name, **overrides).eval()
+    c, h, w = model.input_shape
+    x = torch.randn(3, c, h, w)
+    out = model(x)
+    t, blocks = model.num_exits, model.num_blocks
+    assert isinstance(out, ExitOutputs)
+    assert out.logits.shape == (t, 3, model.num_classes)
+    assert out.residual_norms.shape == (blocks, 3)
+    assert out.state_norms.shape == (blocks, 3)
+    assert (out.residual_norms >= 0).all() and (out.state_norms > 0).all()
+    assert len(model.exit_blocks) == t and model.exit_blocks[-1] == blocks - 1
+
+    costs = model.exit_costs()
+    assert costs.shape == (t,) and costs.dtype == torch.float32
+    assert costs[-1] == 1.0 and (costs > 0).all() and (costs.diff() > 0).all()
+
+    # The partial forward matches the full forward on the exits it computes.
+    k = t // 2
+    part = model.forward_until(x, k)
+    assert part.logits.shape == (k + 1, 3, model.num_classes)
+    torch.testing.assert_close(part.logits, out.logits[: k + 1])
+    torch.testing.assert_close(part.residual_norms, out.residual_norms[: part.residual_norms.shape[0]])
+
+
+def test_partial_forward_computes_nothing_beyond_the_exit():
+    model = optdepth.create_model("resnet20").eval()
+    calls = []
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    x = torch.randn(2, 1, 28, 28)
+    t = 3
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.forward_until(x, t)
+    assert calls == list(range(model.exit_blocks[t] + 1))
+    with torch.no_grad(), FlopCounterMode(display=False) as full:
+        model(x)
+    # FLOPs of the partial pass are exactly exit t's share of the full pass.
+    ratio = counter.get_total_flops() / full.get_total_flops()
+    assert ratio == pytest.approx(float(model.exit_costs()[t]), rel=1e-6)
+
+
+def test_exit_costs_do_not_change_training_state():
+    model = optdepth.create_model("resnet20").train()
+    before = model.blocks[0].bn1.running_mean.clone()
+    model.exit_costs()
+    assert model.training
+    torch.testing.assert_close(model.blocks[0].bn1.running_mean, before)
+
+
+def test_residual_process_is_exact():
+    """h_{t+1} = S_t(h_t) + F_t(h_t): norms reported are those of the two summands."""
+    model = optdepth.create_model("resnet20").eval()
+    h = model.stem(torch.randn(2, 1, 28, 28))
+    new, residual, base = model.blocks[0](h)
+    torch.testing.assert_close(new, base + residual)
+    torch.testing.assert_close(base, h)  # identity shortcut in the first block
+
+
+@pytest.mark.parametrize(("exits", "expected"), [
+    ("all", tuple(range(9))), ("stages", (2, 5, 8)), (2, (1, 3, 5, 7, 8)), (4, (3, 7, 8)),
+])
+def test_exit_positions(exits, expected):
+    assert exit_positions(9, 3, exits) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, "some", 1.5, True])
+def test_bad_exit_placement(bad):
+    with pytest.raises(ConfigError, match="exits must be"):
+        exit_positions(9, 3, bad)
+
+
+def test_registry_errors():
+    assert {"resnet20", "resnet32", "resnet56", "resnet110"} <= set(optdepth.list_models())
+    with pytest.raises(ConfigError, match="unknown model 'resnet21'.*resnet20"):
+        optdepth.create_model("resnet21")
+    with pytest.raises(ConfigError, match="bad arguments"):
+        optdepth.create_model("resnet20", colour=3)
+    with pytest.raises(ConfigError, match="width must be a positive int"):
+        optdepth.create_model("resnet20", width=0)
+
+
+def test_wrong_image_shape_is_a_clear_error():
+    model = optdepth.create_model("resnet20")
+    with pytest.raises(DataError, match=r"expects images of shape \(B, 1, 28, 28\).*\(2, 3, 32, 32\)"):
+        model(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="exit_index must be in"):
+        model.forward_until(torch.randn(1, 1, 28, 28), 9)

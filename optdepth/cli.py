@@ -57,7 +57,10 @@ def _add_evaluate(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="baseline vs L_depth ResNet-20 on Fashion-MNIST, with report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
+    group.add_argument("--full", action="store_true",
+                       help="the full schedule: 20 epochs with augmentation (~45 min)")
     p.add_argument("--epochs", type=int, help="override the schedule's epochs")
     p.add_argument("--beta", type=float, help="L_depth weight of the second net")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
@@ -110,7 +113,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from optdepth.demo import DEFAULT_BETA, run_demo
 
     beta = DEFAULT_BETA if args.beta is None else args.beta
-    metrics = run_demo(args.out, quick=args.quick, beta=beta, epochs=args.epochs,
+    schedule = "quick" if args.quick else "full" if args.full else "demo"
+    metrics = run_demo(args.out, schedule=schedule, beta=beta, epochs=args.epochs,
                        data_dir=args.data_dir, threads=args.threads,
                        progress=not args.no_progress)
     for name, net in metrics["nets"].items():

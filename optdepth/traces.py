@@ -34,9 +34,39 @@ TRACE_FORMAT_VERSION = 1
 FEATURES = ("max_prob", "margin", "entropy", "agreement", "relative_residual_norm", "cost")
 
 
+def step_features(probs: np.ndarray, previous_prediction: np.ndarray | None,
+                  relative_norm: np.ndarray, cost: float) -> np.ndarray:
+    """Compute FEATURES of one exit for n samples: the one implementation used everywhere.
+
+    The offline traces (:func:`exit_features`) and the online early-exit engine
+    (``optdepth.inference``) both call this function, so a policy sees the same numbers
+    whether it runs on a trace file or inside a forward pass. Every operation is row-wise, so a
+    sample's features do not depend on which other samples share its batch.
+
+    Args:
+        probs: (n, C) class probabilities of this exit.
+        previous_prediction: (n,) predicted class of the previous exit, or None at the first
+            exit (agreement is then 0).
+        relative_norm: (n,) ||F|| / ||S|| of the block just before this exit.
+        cost: cumulative compute fraction C_t of this exit.
+
+    Returns:
+        (n, len(FEATURES)) float32.
+    """
+    top2 = np.sort(probs, axis=-1)[:, -2:]  # (n, 2)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1)
+    if previous_prediction is None:
+        agreement = np.zeros_like(entropy)
+    else:
+        agreement = (probs.argmax(-1) == previous_prediction).astype(entropy.dtype)
+    columns = (top2[:, 1], top2[:, 1] - top2[:, 0], entropy, agreement, relative_norm,
+               np.full(entropy.shape, cost))
+    return np.stack(columns, axis=-1).astype(np.float32)
+
+
 def exit_features(probs: np.ndarray, relative_norms: np.ndarray, exit_blocks: np.ndarray,
                   exit_costs: np.ndarray) -> np.ndarray:
-    """Compute FEATURES for every sample and exit.
+    """Compute FEATURES for every sample and exit (:func:`step_features` exit by exit).
 
     Args:
         probs: (N, T, C) probabilities.
@@ -47,15 +77,14 @@ def exit_features(probs: np.ndarray, relative_norms: np.ndarray, exit_blocks: np
     Returns:
         (N, T, len(FEATURES)) float32.
     """
-    top2 = np.sort(probs, axis=-1)[..., -2:]  # (N, T, 2)
-    entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1)
-    pred = probs.argmax(-1)
-    agreement = np.zeros_like(entropy)
-    agreement[:, 1:] = pred[:, 1:] == pred[:, :-1]
-    cost = np.broadcast_to(exit_costs, entropy.shape)
-    columns = (top2[..., 1], top2[..., 1] - top2[..., 0], entropy, agreement,
-               relative_norms[:, exit_blocks], cost)
-    return np.stack(columns, axis=-1).astype(np.float32)
+    n, n_exits = probs.shape[:2]
+    out = np.empty((n, n_exits, len(FEATURES)), dtype=np.float32)
+    previous = None
+    for t in range(n_exits):
+        step = np.ascontiguousarray(probs[:, t])
+        out[:, t] = step_features(step, previous, relative_norms[:, exit_blocks[t]], exit_costs[t])
+        previous = step.argmax(-1)
+    return out
 
 
 @dataclass(frozen=True)

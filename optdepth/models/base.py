@@ -112,6 +112,14 @@ class MultiExitModel(nn.Module):
             base.append(out.state_norms)
         return ExitOutputs(torch.stack(logits), torch.cat(res), torch.cat(base))
 
+    def forward_final(self, x: Tensor) -> Tensor:
+        """(B, C) logits of the last exit on the cheapest full-depth path.
+
+        This is what a plain single-exit deployment of the network runs, the honest baseline for
+        early-exit speed-ups. The default computes every exit; subclasses skip the heads.
+        """
+        return self.forward(x).logits[-1]
+
     def exit_costs(self) -> Tensor:
         """Cumulative compute to reach and evaluate each exit, as a fraction of the full forward.
 

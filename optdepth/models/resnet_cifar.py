@@ -126,6 +126,14 @@ class CifarResNet(MultiExitModel):
     def stem(self, x: Tensor) -> Tensor:
         return self.conv_in(x)  # (B, 16w, H/stem_stride, W/stem_stride)
 
+    def forward_final(self, x: Tensor) -> Tensor:
+        """(B, classes) last-exit logits from the stem, every block and the last head only."""
+        self.check_input(x)
+        state = self.stem(x)
+        for block in self.blocks:
+            state = block(state)[0]
+        return self.heads[-1](state)
+
     def step(self, state: Tensor, t: int) -> StepOutput:
         start, stop = self._segments[t]
         res, base = [], []

@@ -63,3 +63,58 @@ def plot_residual_decay(nets: Mapping[str, Mapping[str, Any]], path: Path) -> No
         ax.set_title("Residual-norm decay (points) and fit K·ρ^t (lines)")
         ax.legend(frameon=False)
         _save(fig, path)
+
+
+def plot_policy_curves(nets: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Test accuracy against mean compute for every policy, one panel per net.
+
+    Args:
+        nets: name -> {"policies": {policy: {"curve": [[compute, accuracy], ...],
+            "iso_accuracy": {"mean_compute", "accuracy"}}}, "exit_accuracy": (T,)}.
+        path: output PNG; the iso-accuracy points are marked, the dashed line is the final
+            exit's accuracy minus 0.5 points.
+    """
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(nets), figsize=(4.2 * len(nets), 3.2), sharey=True,
+                                 squeeze=False)
+        for ax, (net_name, net) in zip(axes[0], nets.items(), strict=True):
+            for name, record in net["policies"].items():
+                curve = np.asarray(record["curve"])
+                (line,) = ax.plot(curve[:, 0], 100 * curve[:, 1], linewidth=1, label=name,
+                                  marker="*" if name == "oracle" else None)
+                iso = record["iso_accuracy"]
+                ax.plot(iso["mean_compute"], 100 * iso["accuracy"], "o", color=line.get_color(),
+                        markersize=4)
+            final = 100 * net["exit_accuracy"][-1]
+            ax.axhline(final - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_ylim(final - 6, max(final + 1.5, 100 * _oracle_accuracy(net) + 0.5))
+            ax.set_xlabel("mean compute (fraction of full depth)")
+            ax.set_title(net_name)
+        axes[0][0].set_ylabel("test accuracy (%)")
+        axes[0][-1].legend(frameon=False, fontsize=7)
+        _save(fig, path)
+
+
+def _oracle_accuracy(net: Mapping[str, Any]) -> float:
+    oracle = net["policies"].get("oracle")
+    return oracle["iso_accuracy"]["accuracy"] if oracle else net["exit_accuracy"][-1]
+
+
+def plot_exit_histograms(nets: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Share of test inputs leaving at each exit, per policy at its iso-accuracy point."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(nets), figsize=(4.2 * len(nets), 3.0), sharey=True,
+                                 squeeze=False)
+        for ax, (net_name, net) in zip(axes[0], nets.items(), strict=True):
+            names = list(net["policies"])
+            width = 0.8 / len(names)
+            for i, name in enumerate(names):
+                counts = np.asarray(net["policies"][name]["exit_histogram"], dtype=float)
+                exits = np.arange(1, len(counts) + 1)
+                ax.bar(exits + (i - (len(names) - 1) / 2) * width, counts / counts.sum(), width,
+                       label=name)
+            ax.set_xlabel("exit")
+            ax.set_title(net_name)
+        axes[0][0].set_ylabel("share of test inputs")
+        axes[0][-1].legend(frameon=False, fontsize=7)
+        _save(fig, path)

@@ -212,3 +212,20 @@ def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
         writer.add_scalar(f"relative_residual_norm/block_{b}", r, step)
     log.info("epoch %d: loss %.4f, cal acc %.4f (%.0f s)", step, record["train_loss"],
              record["cal_accuracy"], record["seconds"])
+
+
+def train_or_resume(config: TrainConfig, run_dir: str | Path, *, data: FashionMNIST | None = None,
+                    progress: bool = True) -> TrainResult:
+    """Train into ``run_dir``, or continue (or just reload) the run there if it has ``config``.
+
+    Raises:
+        ConfigError: ``run_dir`` holds a run with other settings (it is left untouched).
+    """
+    stored = Path(run_dir) / "config.json"
+    if not stored.exists():
+        return train(config, run_dir, data=data, progress=progress)
+    if TrainConfig.from_file(stored) != config:
+        raise ConfigError(f"{run_dir} holds a run with other settings; use another output folder"
+                          " (earlier results are left untouched)")
+    resume = (Path(run_dir) / "checkpoints" / "last.pt").exists()
+    return train(config, run_dir, resume=resume, data=data, progress=progress)

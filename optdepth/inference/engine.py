@@ -1,0 +1,333 @@
+"""Real early exit: run a multi-exit network block by block and retire samples as they stop.
+
+:func:`early_exit_predict` runs the stem, then segment after segment (``model.step``) on the
+samples that are still running only. After each exit it computes the policy's features online
+with the very function the offline traces use (:func:`optdepth.traces.step_features`), asks the
+policy (``policy.stop_at(features_prefix, t)``, with each sample's feature history), records the
+stopped samples' predictions and drops them from the state tensor: no later block runs for them.
+By default (``refill=True``) the samples that go on wait for segment t + 1 until a full batch of
+them has gathered (from later input batches too), so deep segments do not run on a few samples
+at a time; ``refill=False`` runs each input batch alone, shrinking as its samples stop.
+
+Why online equals offline. In eval mode every layer acts on each sample alone (BatchNorm uses
+its running statistics), the features come from one row-wise function, and the decision from
+the same policy code. What is left is floating-point summation order, and we pin it:
+
+* on oneDNN (the CPU build here) a sample's logits are bitwise equal for every batch size >= 2,
+  but a batch of one takes other kernels (up to 2e-6 off), so a lone sample runs as a pair;
+* numpy reduces a single row in another order than a batch (1e-17 off), so
+  :class:`~optdepth.inference.policies.ExitPolicy` also decides a lone sample as a pair.
+
+The tests check exits and predictions for exact equality with :func:`offline_exits` on traces,
+for every policy and several batch sizes (on the real ResNet-20 traces: all 10,000 test
+samples, every policy, and the online features bitwise equal to the trace file's). On other
+hardware, kernels whose summation order changes with batch size could move a feature by a last
+bit, which can only flip a decision whose score lies within that rounding of its threshold (a
+tie); ``record_features=True`` returns the online features so such a case can be inspected.
+Plain :class:`~optdepth.stopping.StoppingPolicy` objects (not wrapped in ``ExitPolicy``) get
+the same features but not the pairing of lone samples in numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from optdepth.data.fashion_mnist import Split
+from optdepth.inference.policies import ExitPolicy, TraceSource, check_traces
+from optdepth.models.base import MultiExitModel, StepOutput
+from optdepth.stopping import NotFittedError, StoppingPolicy
+from optdepth.traces import FEATURES, Traces, step_features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EarlyExitResult:
+    """Per-sample outcome of early exit.
+
+    Attributes:
+        predictions: (N,) int64 predicted class (argmax of the chosen exit).
+        exit_index: (N,) int64 exit each sample stopped at, in [0, T - 1].
+        compute: (N,) float64 compute used, ``exit_costs[exit_index]`` (fraction of full depth).
+        probs: (N, C) float32 class probabilities of the chosen exit (None offline).
+        exit_costs: (T,) float64 cumulative compute fraction of each exit.
+        labels: (N,) int64 true classes when known (a Split or traces), else None.
+        features: (N, T, F) float32 features computed online (NaN past a sample's exit),
+            only with ``record_features=True``.
+    """
+
+    predictions: np.ndarray
+    exit_index: np.ndarray
+    compute: np.ndarray
+    probs: np.ndarray | None
+    exit_costs: np.ndarray
+    labels: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+    @property
+    def mean_compute(self) -> float:
+        """Mean compute per sample (fraction of full depth)."""
+        return float(self.compute.mean())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Fraction of correct predictions (None without labels)."""
+        if self.labels is None:
+            return None
+        return float((self.predictions == self.labels).mean())
+
+
+def check_policy(policy: StoppingPolicy, source: TraceSource, what: str) -> None:
+    """Raise a clear error unless ``policy`` is fitted for the network described by ``source``.
+
+    Raises:
+        NotFittedError: the policy was never fitted.
+        ValueError: it was fitted for another number of exits or features, or another model.
+    """
+    if not isinstance(policy, StoppingPolicy):
+        raise ValueError(f"policy must be a fitted optdepth.stopping.StoppingPolicy "
+                         f"(e.g. from fit_exit_policy), got {type(policy).__name__}")
+    if policy.n_steps_ is None:
+        raise NotFittedError(f"{type(policy).__name__} is not fitted; fit it on calibration "
+                             "traces first (fit_exit_policy or policy.fit)")
+    if policy.n_steps_ != source.num_exits:
+        raise ValueError(f"the policy was fitted for a network with {policy.n_steps_} exits but "
+                         f"{what} has {source.num_exits}; fit it on traces of this model")
+    if policy.n_features_ != len(source.feature_names):
+        raise ValueError(f"the policy was fitted on {policy.n_features_} features but {what} "
+                         f"provides {len(source.feature_names)} ({', '.join(source.feature_names)})")
+    fitted_for = getattr(policy, "source", None)
+    if isinstance(fitted_for, TraceSource):
+        fitted_for.check_matches(source, "the policy", what)
+
+
+def model_source(model: MultiExitModel) -> TraceSource:
+    """The :class:`TraceSource` a policy must match to run on ``model``."""
+    costs = model.exit_costs().numpy()
+    return TraceSource(getattr(model, "arch_name", None), tuple(float(c) for c in costs))
+
+
+def offline_exits(policy: StoppingPolicy, traces: Traces) -> EarlyExitResult:
+    """Apply a fitted policy to exit traces: what early exit gives, without running the net.
+
+    Args:
+        policy: fitted policy (:class:`ExitPolicy` or any StoppingPolicy on FEATURES).
+        traces: traces of the network the policy was fitted for.
+
+    Returns:
+        :class:`EarlyExitResult` (``probs`` None) from ``policy.stop_times(traces.features)``.
+    """
+    check_traces(traces, "the traces")
+    check_policy(policy, TraceSource.of_traces(traces), "the traces")
+    times = policy.stop_times(np.asarray(traces.features, dtype=np.float64)).astype(np.int64)
+    costs = np.asarray(traces.exit_costs, dtype=np.float64)
+    rows = np.arange(len(times))
+    predictions = traces.probs[rows, times].argmax(-1).astype(np.int64)
+    return EarlyExitResult(predictions, times, costs[times], None, costs,
+                           np.asarray(traces.labels, dtype=np.int64))
+
+
+def split_images(data: Split | Tensor) -> tuple[Tensor, np.ndarray | None]:
+    if isinstance(data, Split):
+        return data.images, data.labels.numpy().astype(np.int64)
+    if isinstance(data, Tensor):
+        return data, None
+    raise ValueError(f"data must be an optdepth.data.Split or an images tensor (N, C, H, W), "
+                     f"got {type(data).__name__}")
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+@dataclass
+class _Outputs:
+    """Per-sample outputs of one split, filled as samples stop (internal, mutable)."""
+
+    predictions: np.ndarray
+    exit_index: np.ndarray
+    probs: np.ndarray
+    features: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Cohort:
+    """Samples waiting to run the same segment.
+
+    Attributes:
+        rows: (k,) sample indices into the data. state: (k, ...) network state.
+        history: (k, T, F) float32 features of the exits passed so far.
+        previous: (k,) prediction of the previous exit (None before the first exit).
+    """
+
+    rows: np.ndarray
+    state: Tensor
+    history: np.ndarray
+    previous: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, keep: np.ndarray) -> _Cohort:
+        """The sub-cohort at the (k,) bool mask ``keep`` (copies; index_select is the fast path)."""
+        index = np.flatnonzero(keep)
+        return _Cohort(self.rows[index], self.state.index_select(0, torch.from_numpy(index)),
+                       self.history[index], None if self.previous is None else self.previous[index])
+
+    def split(self, n: int) -> tuple[_Cohort, _Cohort]:
+        """The first ``n`` samples and the rest (views, no copy)."""
+        prev = (None, None) if self.previous is None else (self.previous[:n], self.previous[n:])
+        return (_Cohort(self.rows[:n], self.state[:n], self.history[:n], prev[0]),
+                _Cohort(self.rows[n:], self.state[n:], self.history[n:], prev[1]))
+
+    @staticmethod
+    def merge(cohorts: list[_Cohort]) -> _Cohort:
+        if len(cohorts) == 1:
+            return cohorts[0]
+        previous = [c.previous for c in cohorts]
+        return _Cohort(np.concatenate([c.rows for c in cohorts]),
+                       torch.cat([c.state for c in cohorts]),
+                       np.concatenate([c.history for c in cohorts]),
+                       None if previous[0] is None else np.concatenate(previous))
+
+
+def _as_pair(x: Tensor) -> Tensor:
+    """A lone sample runs as a pair: on oneDNN, batch size 1 selects other convolution kernels,
+    whose results differ from batched ones in the last bits (measured: up to 2e-6 in the
+    logits). Running it twice keeps each sample's numbers those of the batched trace pass."""
+    return torch.cat([x, x]) if x.shape[0] == 1 else x
+
+
+def _stem(model: MultiExitModel, x: Tensor) -> Tensor:
+    return model.stem(_as_pair(x))[: x.shape[0]]
+
+
+def _step(model: MultiExitModel, state: Tensor, t: int) -> StepOutput:
+    n = state.shape[0]
+    out = model.step(_as_pair(state), t)
+    if n > 1:
+        return out
+    return StepOutput(out.state[:n], out.logits[:n], out.residual_norms[:, :n],
+                      out.state_norms[:, :n])
+
+
+def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: int,
+             costs: np.ndarray, out: _Outputs) -> _Cohort | None:
+    """Run segment t on a cohort, record the samples that stop, return the others (or None)."""
+    step = _step(model, cohort.state, t)
+    probs = step.logits.softmax(-1).numpy()  # (k, C) float32, as in the traces
+    relative = step.residual_norms[-1].numpy() / np.maximum(step.state_norms[-1].numpy(), 1e-12)
+    history = cohort.history
+    history[:, t] = step_features(probs, cohort.previous, relative, costs[t])
+    if out.features is not None:
+        out.features[cohort.rows, t] = history[:, t]
+    stop = (np.ones(len(cohort), dtype=bool) if t == len(costs) - 1
+            else np.asarray(policy.stop_at(history[:, : t + 1], t), dtype=bool))
+    predicted = probs.argmax(-1)
+    rows = cohort.rows[stop]
+    out.exit_index[rows], out.probs[rows], out.predictions[rows] = t, probs[stop], predicted[stop]
+    if stop.all():
+        return None
+    running = _Cohort(cohort.rows, step.state, history, predicted)
+    return running if not stop.any() else running.take(~stop)  # retired: no later block
+
+
+def _next_segment(sizes: list[int], batch_size: int, inputs_left: bool, refill: bool) -> int | None:
+    """Which queue runs next: -1 feeds a new input batch, None means done.
+
+    With ``refill``, a segment runs once batch_size samples wait for it (deepest first), so
+    every network call but the final flush gets a full batch. Without it, each input batch
+    runs to completion (shallowest queue first) before the next one enters.
+    """
+    ready = [t for t, size in enumerate(sizes) if size >= batch_size]
+    if refill and ready:
+        return ready[-1]
+    if inputs_left and (refill or not any(sizes)):
+        return -1
+    waiting = [t for t, size in enumerate(sizes) if size > 0]
+    return waiting[0] if waiting else None
+
+
+def _run(model: MultiExitModel, policy: StoppingPolicy, images: Tensor, costs: np.ndarray,
+         out: _Outputs, batch_size: int, refill: bool) -> None:
+    """Schedule every sample through the segments until it stops."""
+    n, n_exits = images.shape[0], len(costs)
+    queues: list[list[_Cohort]] = [[] for _ in range(n_exits)]
+    fed = 0
+    while (t := _next_segment([sum(map(len, q)) for q in queues], batch_size, fed < n,
+                              refill)) is not None:
+        if t == -1:
+            rows = np.arange(fed, min(fed + batch_size, n))
+            history = np.empty((len(rows), n_exits, len(FEATURES)), dtype=np.float32)
+            queues[0].append(_Cohort(rows, _stem(model, images[fed:rows[-1] + 1]), history, None))
+            fed = rows[-1] + 1
+            continue
+        cohort = _Cohort.merge(queues[t])
+        queues[t] = []
+        if len(cohort) > batch_size:  # run exactly one batch; the rest waits
+            cohort, rest = cohort.split(batch_size)
+            queues[t].append(rest)
+        survivors = _advance(model, policy, cohort, t, costs, out)
+        if survivors is not None:
+            queues[t + 1].append(survivors)
+
+
+def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Split | Tensor,
+                       batch_size: int = 256, *, refill: bool = True,
+                       record_features: bool = False) -> EarlyExitResult:
+    """Predict with real early exit: each sample runs only up to the exit its policy picks.
+
+    Args:
+        model: a multi-exit model (run in eval mode; its mode is restored afterwards).
+        policy: a policy fitted on this model's traces (:func:`fit_exit_policy`, or any
+            :class:`~optdepth.stopping.StoppingPolicy` fitted on the trace FEATURES).
+        data: a :class:`~optdepth.data.Split` or an images tensor (N, C, H, W).
+        batch_size: samples per network call (at most).
+        refill: keep batches full: samples that continue past exit t wait until
+            ``batch_size`` of them (from later input batches too) are ready for segment t + 1.
+            With False each input batch runs alone and shrinks as its samples stop (the
+            latency-bound serving case). Results are identical either way.
+        record_features: also return the online features (N, T, F), for inspection.
+
+    Returns:
+        :class:`EarlyExitResult` with per-sample prediction, exit index and compute.
+
+    Raises:
+        ValueError: batch size < 1, empty data, or a policy fitted for another network
+            (different number of exits or features, another architecture).
+        DataError: images of the wrong shape for the model.
+    """
+    batch_size = check_batch_size(batch_size)
+    images, labels = split_images(data)
+    if images.dim() >= 1 and images.shape[0] == 0:
+        raise ValueError("the data is empty (N=0 samples): nothing to predict")
+    model.check_input(images)
+    source = model_source(model)
+    check_policy(policy, source, f"the model ({source.arch or type(model).__name__})")
+    costs = np.asarray(source.exit_costs, dtype=np.float32)
+    n = images.shape[0]
+    out = _Outputs(np.empty(n, np.int64), np.empty(n, np.int64),
+                   np.empty((n, model.num_classes), np.float32),
+                   np.full((n, len(costs), len(FEATURES)), np.nan, np.float32)
+                   if record_features else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            _run(model, policy, images, costs, out, batch_size, refill)
+    finally:
+        model.train(was_training)
+    costs64 = costs.astype(np.float64)
+    return EarlyExitResult(out.predictions, out.exit_index, costs64[out.exit_index], out.probs,
+                           costs64, labels, out.features)
+
+
+__all__ = ["EarlyExitResult", "ExitPolicy", "check_policy", "early_exit_predict",
+           "model_source", "offline_exits"]

@@ -1,0 +1,245 @@
+"""Accuracy-versus-compute curves of exit policies and their iso-accuracy operating points.
+
+Protocol (numpy only):
+
+* every policy is fitted or calibrated on the **calibration** split only;
+* its curve is traced over its parameter grid (thresholds at quantiles, patience 1..T-1, the
+  price of compute lambda on a log grid) on calibration and on test;
+* the **iso-accuracy** point is the parameter with the least mean compute whose *calibration*
+  accuracy is at least the final exit's calibration accuracy minus ``tolerance`` (0.5 points);
+  its figures are then read on the **test** split;
+* policies whose fit depends on the rewards (lsm, osla) are measured on calibration *out of
+  fold* (K-fold cross-fitting: fitted on K-1 folds, measured on the held-out fold), so the
+  choice of lambda is not flattered by in-sample optimism; the policy used on test is refitted
+  on the whole calibration split at the chosen lambda;
+* ``oracle`` (earliest correct exit, the last exit if none is correct) sees the labels: it is a
+  bound, measured on test directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optdepth.inference.policies import (
+    EXIT_POLICIES,
+    ExitPolicy,
+    FitContext,
+    TraceSource,
+    check_traces,
+    fit_exit_policy,
+    get_spec,
+)
+from optdepth.traces import Traces
+
+log = logging.getLogger(__name__)
+
+#: Every policy the suite evaluates, in report order.
+NETWORK_POLICIES = ("max_prob", "entropy", "patience", "osla", "lsm", "oracle")
+#: Accuracy (fraction) a policy may lose against the final exit at the iso-accuracy point.
+ISO_TOLERANCE = 0.005
+
+
+def iso_accuracy_index(accuracy: np.ndarray, compute: np.ndarray, reference: float,
+                       tolerance: float = ISO_TOLERANCE) -> int:
+    """Index of the cheapest point whose accuracy is >= ``reference - tolerance``.
+
+    Ties in compute go to the higher accuracy, then to the lower index.
+
+    Args:
+        accuracy: (K,) accuracy of each point (fraction).
+        compute: (K,) mean compute of each point.
+        reference: accuracy to stay close to (the final exit's).
+        tolerance: allowed loss (fraction; 0.005 = 0.5 points).
+
+    Raises:
+        ValueError: no point is accurate enough.
+    """
+    accuracy, compute = np.asarray(accuracy, float), np.asarray(compute, float)
+    if accuracy.shape != compute.shape or accuracy.ndim != 1 or accuracy.size == 0:
+        raise ValueError(f"accuracy and compute must be equal non-empty 1-D arrays, got "
+                         f"{accuracy.shape} and {compute.shape}")
+    feasible = np.flatnonzero(accuracy >= reference - tolerance - 1e-12)
+    if feasible.size == 0:
+        raise ValueError(f"no operating point reaches accuracy {reference - tolerance:.4f} "
+                         f"(best {accuracy.max():.4f}); widen the parameter grid")
+    order = np.lexsort((feasible, -accuracy[feasible], compute[feasible]))
+    return int(feasible[order[0]])
+
+
+@dataclass(frozen=True)
+class PolicyEvaluation:
+    """One policy's curves and iso-accuracy point.
+
+    Attributes:
+        name: policy name.
+        params: (K,) parameter grid (NaN for the oracle).
+        calibration_curve: (K, 2) [mean compute, accuracy] on calibration (out of fold for
+            policies fitted on rewards; the oracle's is on calibration labels).
+        test_curve: (K, 2) [mean compute, accuracy] on test.
+        iso_index: the iso-accuracy point's index into the grid.
+        policy: the policy at that point, fitted on all calibration data (None: oracle).
+        cross_fitted: whether the calibration curve is out of fold.
+    """
+
+    name: str
+    params: np.ndarray
+    calibration_curve: np.ndarray
+    test_curve: np.ndarray
+    iso_index: int
+    policy: ExitPolicy | None
+    cross_fitted: bool
+
+    @property
+    def iso_param(self) -> float:
+        return float(self.params[self.iso_index])
+
+    @property
+    def iso_test(self) -> tuple[float, float]:
+        """(mean compute, accuracy) on test at the iso-accuracy point."""
+        compute, accuracy = self.test_curve[self.iso_index]
+        return float(compute), float(accuracy)
+
+    def metrics(self, wall_speedup: float | None = None) -> dict[str, Any]:
+        """The demo's per-policy record: test curve (sorted by compute) and iso-accuracy figures.
+
+        Args:
+            wall_speedup: measured full-depth time / early-exit time (None if not measured).
+        """
+        order = np.lexsort((self.test_curve[:, 1], self.test_curve[:, 0]))
+        compute, accuracy = self.iso_test
+        return {"curve": [[float(c), float(a)] for c, a in self.test_curve[order]],
+                "iso_accuracy": {"accuracy": accuracy, "mean_compute": compute,
+                                 "wall_speedup": None if wall_speedup is None
+                                 else float(wall_speedup)}}
+
+
+def _point(correct: np.ndarray, costs: np.ndarray, times: np.ndarray) -> tuple[float, float]:
+    return float(costs[times].mean()), float(correct[np.arange(len(times)), times].mean())
+
+
+def oracle_exits(correct: np.ndarray) -> np.ndarray:
+    """(N, T) correctness -> (N,) earliest correct exit, or the last exit if none is."""
+    correct = np.asarray(correct, dtype=bool)
+    return np.where(correct.any(axis=1), correct.argmax(axis=1), correct.shape[1] - 1)
+
+
+def _cross_fitted_times(ctx: FitContext, name: str, param: float) -> np.ndarray:
+    """(N,) calibration stop times, each fold decided by a policy not fitted on it."""
+    spec = get_spec(name)
+    times = np.empty(len(ctx.correct), dtype=np.int64)
+    rewards = ctx.rewards(param)
+    for k in np.unique(ctx.folds):
+        held = ctx.folds == k
+        inner = spec.inner(param).fit(rewards[~held], ctx.oof_state[~held])
+        times[held] = inner.stop_times(ctx.oof_state[held])
+    return times
+
+
+def _evaluate_oracle(calibration: Traces, test: Traces) -> PolicyEvaluation:
+    points = []
+    for traces in (calibration, test):
+        correct = traces.correct()
+        points.append([_point(correct, np.asarray(traces.exit_costs, float),
+                              oracle_exits(correct))])
+    return PolicyEvaluation("oracle", np.array([np.nan]), np.array(points[0]),
+                            np.array(points[1]), 0, None, cross_fitted=False)
+
+
+def evaluate_policy(name: str, ctx: FitContext, test: Traces, *,
+                    params: np.ndarray | None = None,
+                    tolerance: float = ISO_TOLERANCE) -> PolicyEvaluation:
+    """Trace one registered policy's curves and pick its iso-accuracy point.
+
+    Args:
+        name: a name from :data:`~optdepth.inference.policies.EXIT_POLICIES`.
+        ctx: the calibration data (:meth:`FitContext.from_traces`).
+        test: test traces of the same network.
+        params: parameter grid (default: the policy's own).
+        tolerance: allowed accuracy loss at the iso-accuracy point.
+    """
+    spec = get_spec(name)
+    ctx.source.check_matches(TraceSource.of_traces(test), "the calibration traces",
+                             "the test traces")
+    grid = spec.params(ctx) if params is None else np.asarray(params, dtype=float)
+    test_features, test_correct = np.asarray(test.features, float), test.correct()
+    cal_points, test_points, policies = [], [], []
+    for param in grid:
+        policy = fit_exit_policy(name, ctx, float(param))
+        cal_times = (_cross_fitted_times(ctx, name, float(param)) if spec.uses_rewards
+                     else policy.stop_times(ctx.features))
+        cal_points.append(_point(ctx.correct, ctx.costs, cal_times))
+        test_points.append(_point(test_correct, ctx.costs, policy.stop_times(test_features)))
+        policies.append(policy)
+    cal_curve, test_curve = np.array(cal_points), np.array(test_points)
+    index = iso_accuracy_index(cal_curve[:, 1], cal_curve[:, 0],
+                               float(ctx.correct[:, -1].mean()), tolerance)
+    log.info("%s: iso-accuracy at param %.4g, test compute %.4f accuracy %.4f", name,
+             grid[index], *test_curve[index])
+    return PolicyEvaluation(name, grid, cal_curve, test_curve, index, policies[index],
+                            cross_fitted=spec.uses_rewards)
+
+
+def evaluate_policies(calibration: Traces, test: Traces,
+                      names: tuple[str, ...] = NETWORK_POLICIES, *,
+                      tolerance: float = ISO_TOLERANCE, folds: int = 10,
+                      seed: int = 0) -> dict[str, PolicyEvaluation]:
+    """Fit every policy on calibration traces and evaluate it on test traces.
+
+    Args:
+        calibration: calibration-split traces (fitting, operating-point choice).
+        test: test-split traces of the same network (reported figures).
+        names: policies to run (see :data:`NETWORK_POLICIES`).
+        tolerance: allowed accuracy loss at the iso-accuracy point (0.005 = 0.5 points).
+        folds: cross-fitting folds. seed: seed of the fold assignment.
+
+    Returns:
+        name -> :class:`PolicyEvaluation`, in the order of ``names``.
+
+    Raises:
+        ValueError: unknown name, empty traces, or test traces of another model.
+    """
+    check_traces(calibration, "calibration traces")
+    check_traces(test, "test traces")
+    TraceSource.of_traces(calibration).check_matches(
+        TraceSource.of_traces(test), "the calibration traces", "the test traces")
+    for name in names:
+        if name != "oracle":
+            get_spec(name)
+    ctx = FitContext.from_traces(calibration, folds, seed)
+    return {name: (_evaluate_oracle(calibration, test) if name == "oracle"
+                   else evaluate_policy(name, ctx, test, tolerance=tolerance))
+            for name in names}
+
+
+def gap_summary(evaluations: dict[str, PolicyEvaluation],
+                ours: tuple[str, ...] = ("lsm", "osla"),
+                rules: tuple[str, ...] = ("max_prob", "entropy", "patience")) -> dict[str, Any]:
+    """How our best policy compares with the best rule and the oracle at iso-accuracy (test).
+
+    Returns:
+        dict with the best rule and ours (name, mean compute), the relative compute saving
+        ``1 - ours / rule`` and the fraction of the rule-to-oracle gap closed (None where a
+        policy is missing).
+    """
+    def best(group: tuple[str, ...]) -> tuple[str | None, float | None]:
+        present = [(evaluations[n].iso_test[0], n) for n in group if n in evaluations]
+        return (min(present)[1], min(present)[0]) if present else (None, None)
+
+    rule_name, rule = best(rules)
+    our_name, our = best(ours)
+    oracle = evaluations["oracle"].iso_test[0] if "oracle" in evaluations else None
+    saving = None if rule is None or our is None else 1.0 - our / rule
+    closed = (None if None in (rule, our, oracle) or rule == oracle
+              else (rule - our) / (rule - oracle))
+    return {"best_rule": rule_name, "best_rule_compute": rule, "best_ours": our_name,
+            "best_ours_compute": our, "oracle_compute": oracle,
+            "compute_saving_vs_rule": saving, "oracle_gap_closed": closed}
+
+
+__all__ = ["EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "PolicyEvaluation",
+           "evaluate_policies", "evaluate_policy", "gap_summary", "iso_accuracy_index",
+           "oracle_exits"]

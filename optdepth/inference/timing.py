@@ -1,0 +1,147 @@
+"""Wall-clock speed-up of real early exit over full-depth inference.
+
+The full-depth baseline is the cheapest honest full-depth path, ``model.forward_final``: for the
+ResNets the stem, every block and the **last exit head only** (no intermediate heads, no residual
+norms), batch by batch, under ``torch.inference_mode`` in eval mode. This is what a plain
+(single-exit) deployment of the same network would run, so the speed-up is not inflated by heads
+the baseline does not need. Models that do not override ``forward_final`` fall back to the full
+multi-exit forward, and the result says which baseline was timed.
+
+Timing follows the project's rules for benchmarks on shared CPUs: the two sides are interleaved
+(A B C A B C ...), each side runs once untimed first, and the median of the per-pair ratios is
+reported together with the torch thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from optdepth.data.fashion_mnist import Split
+from optdepth.inference.engine import check_batch_size, early_exit_predict, split_images
+from optdepth.models.base import MultiExitModel
+from optdepth.stopping import StoppingPolicy
+
+log = logging.getLogger(__name__)
+
+
+def baseline_kind(model: MultiExitModel) -> str:
+    """"final_head" when the model runs full depth with its last head only, else "all_exits"."""
+    overridden = type(model).forward_final is not MultiExitModel.forward_final
+    return "final_head" if overridden else "all_exits"
+
+
+def full_depth_predict(model: MultiExitModel, data: Split | Tensor, batch_size: int = 256, *,
+                       all_exits: bool = False) -> np.ndarray:
+    """(N,) int64 predictions of the last exit at full depth (eval mode, inference mode).
+
+    Args:
+        model: the multi-exit model.
+        data: a Split or an images tensor (N, C, H, W).
+        batch_size: samples per batch.
+        all_exits: run the full multi-exit forward ``model(x)`` (every head and residual norm)
+            instead of the final-head baseline.
+    """
+    batch_size = check_batch_size(batch_size)
+    images, _ = split_images(data)
+    if images.shape[0] == 0:
+        raise ValueError("the data is empty (N=0 samples): nothing to predict")
+    model.check_input(images)
+    forward = (lambda x: model(x).logits[-1]) if all_exits else model.forward_final
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = [forward(images[s:s + batch_size]).argmax(-1)
+                   for s in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, StoppingPolicy],
+                          data: Split | Tensor, batch_size: int = 256, repeats: int = 5, *,
+                          refill: bool = True) -> dict[str, dict[str, Any]]:
+    """Time full-depth inference against early exit under several policies, interleaved.
+
+    The sides run in turn, ``repeats`` times, after one untimed warm-up run each: the
+    final-head baseline, the full multi-exit forward ``model(x)``, then early exit under each
+    policy. Each policy's speed-up is the median over repeats of the per-round ratio
+    baseline time / early-exit time, so every ratio compares runs made back to back.
+
+    Args:
+        model: the multi-exit model.
+        policies: name -> policy fitted for this model (see :func:`early_exit_predict`).
+        data: the split to time (the test split, for the demo).
+        batch_size: samples per network call on every side.
+        repeats: timed runs of each side.
+        refill: passed to :func:`early_exit_predict`.
+
+    Returns:
+        name -> dict: ``wall_speedup`` (against the final-head baseline),
+        ``wall_speedup_all_exits`` (against ``model(x)``), median seconds per pass
+        ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
+        ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``accuracy_full_depth``
+        and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
+        ``batch_size``, ``refill``, ``repeats``, ``n_samples``.
+    """
+    batch_size = check_batch_size(batch_size)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    _, labels = split_images(data)
+    sides = {"full_depth": lambda: full_depth_predict(model, data, batch_size),
+             "all_exits": lambda: full_depth_predict(model, data, batch_size, all_exits=True)}
+    for name, policy in policies.items():
+        sides[name] = (lambda p=policy: early_exit_predict(model, p, data, batch_size,
+                                                           refill=refill))
+    outputs = {name: fn() for name, fn in sides.items()}  # warm-up; validates every input
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            times[name].append(_timed(fn))
+    full_pred = outputs["full_depth"]
+    common = {"accuracy_full_depth": None if labels is None else float((full_pred == labels).mean()),
+              "full_depth_s": statistics.median(times["full_depth"]),
+              "all_exits_s": statistics.median(times["all_exits"]),
+              "baseline": baseline_kind(model), "threads": torch.get_num_threads(),
+              "batch_size": batch_size, "refill": refill, "repeats": repeats,
+              "n_samples": int(len(full_pred))}
+    return {name: _speedup_record(times, name, outputs[name], common) for name in policies}
+
+
+def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
+                    common: dict[str, Any]) -> dict[str, Any]:
+    def ratio(base: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[base], times[name], strict=True))
+
+    wall, compute_speedup = ratio("full_depth"), 1.0 / early.mean_compute
+    log.info("%s: wall speed-up %.2fx (compute speed-up %.2fx, %d threads, batch %d)", name,
+             wall, compute_speedup, common["threads"], common["batch_size"])
+    return {"wall_speedup": wall, "wall_speedup_all_exits": ratio("all_exits"),
+            "early_exit_s": statistics.median(times[name]), "mean_compute": early.mean_compute,
+            "compute_speedup": compute_speedup, "wall_over_compute": wall / compute_speedup,
+            "accuracy_early_exit": early.accuracy, **common}
+
+
+def measure_wall_speedup(model: MultiExitModel, policy: StoppingPolicy, data: Split | Tensor,
+                         batch_size: int = 256, repeats: int = 5, *,
+                         refill: bool = True) -> dict[str, Any]:
+    """:func:`measure_wall_speedups` for one policy; returns its record."""
+    return measure_wall_speedups(model, {"policy": policy}, data, batch_size, repeats,
+                                 refill=refill)["policy"]
+
+
+__all__ = ["baseline_kind", "full_depth_predict", "measure_wall_speedup", "measure_wall_speedups"]

@@ -1,0 +1,72 @@
+"""The real-data smoke test: `optdepth demo --quick` end to end, on Fashion-MNIST."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from optdepth.data import fashion_mnist as fm
+
+pytestmark = [
+    pytest.mark.data,
+    pytest.mark.skipif(not fm.SYSTEM_DIR.is_dir(),
+                       reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = subprocess.run([sys.executable, "-m", "optdepth", "demo", "--quick", "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    assert set(metrics["nets"]) == {"baseline", "ldepth"}
+    for net in metrics["nets"].values():
+        assert len(net["exit_accuracy"]) == len(net["exit_compute"]) == 9
+        assert net["exit_compute"][-1] == 1.0
+        assert len(net["relative_residual_norm"]) == 9
+        assert 0 < net["rho"] and net["K"] > 0
+        # a real network on real data: far above chance even after the quick schedule
+        assert net["exit_accuracy"][-1] > 0.7
+        assert set(net["policies"]) == {"max_prob", "entropy", "patience", "osla", "lsm", "oracle"}
+        for name, record in net["policies"].items():
+            iso = record["iso_accuracy"]
+            assert all(len(point) == 2 for point in record["curve"])
+            assert 0 < iso["mean_compute"] <= 1 and 0 < iso["accuracy"] <= 1
+            assert sum(record["exit_histogram"]) == 10_000
+            if name != "oracle":  # the oracle is a bound: nothing to time
+                assert iso["wall_speedup"] > 0
+        assert net["mean_optimal_depth"] >= 1 and "certificate_depth" in net
+    report = (demo_dir / "report.md").read_text()
+    for png in ("exit_accuracy.png", "residual_decay.png", "policy_curves.png",
+                "exit_histograms.png"):
+        assert f"]({png})" in report
+        assert (demo_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("baseline", "ldepth"):
+        run = demo_dir / "runs" / name
+        assert (run / "evaluation" / "traces_test.npz").is_file()
+        assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_rerun_resumes_without_retraining(demo_dir):
+    before = (demo_dir / "runs" / "ldepth" / "metrics.jsonl").read_text()
+    proc = subprocess.run([sys.executable, "-m", "optdepth", "demo", "--quick", "--out",
+                           str(demo_dir), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (demo_dir / "runs" / "ldepth" / "metrics.jsonl").read_text() == before
+
+
+def test_other_settings_in_the_same_folder_are_refused(demo_dir):
+    checkpoint = demo_dir / "runs" / "baseline" / "checkpoints" / "last.pt"
+    before = checkpoint.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "optdepth", "demo", "--quick", "--epochs", "3",
+                           "--out", str(demo_dir), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "holds a run with other settings" in proc.stderr and "Traceback" not in proc.stderr
+    assert checkpoint.read_bytes() == before

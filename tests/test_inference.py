@@ -1,0 +1,220 @@
+"""Real early exit on a briefly trained net: online == offline, retired samples skip blocks."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_data
+
+import optdepth
+from optdepth.errors import DataError
+from optdepth.evaluation import collect_traces
+from optdepth.inference import (
+    EarlyExitResult,
+    ExitPolicy,
+    TraceSource,
+    early_exit_predict,
+    fit_exit_policy,
+    full_depth_predict,
+    list_exit_policies,
+    measure_wall_speedup,
+    offline_exits,
+)
+from optdepth.inference.policies import FitContext
+from optdepth.stopping import NotFittedError, ThresholdPolicy
+from optdepth.traces import FEATURES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these tests are small, and two threads stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(one_thread):
+    """A ResNet-20 trained for 40 noisy steps: early exits are weak, late ones good, so the
+    policies spread samples over many exits."""
+    data = tiny_data(512, 256, 256)
+    torch.manual_seed(0)
+    model = optdepth.create_model("resnet20")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        idx = torch.randint(0, 512, (64,), generator=g)
+        x = data.train.images[idx] + 0.8 * torch.randn(64, 1, 28, 28, generator=g)
+        loss = optdepth.multi_exit_cross_entropy(model(x).logits, data.train.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    cal = collect_traces(model, data.calibration, "calibration", batch_size=100)
+    test = collect_traces(model, data.test, "test", batch_size=100)
+    return model, data, cal, test
+
+
+def _params(name, cal):
+    mp = np.quantile(cal.features[:, :-1, 0], [0.3, 0.6, 0.9])
+    ent = -np.quantile(cal.features[:, :-1, 2], [0.1, 0.4, 0.7])
+    return {"max_prob": mp, "entropy": ent, "patience": [1, 2, 3],
+            "lsm": [0.0, 0.05, 0.3], "osla": [0.0, 0.05, 0.3]}[name]
+
+
+@pytest.fixture(scope="module")
+def policies(trained):
+    _, _, cal, _ = trained
+    ctx = FitContext.from_traces(cal, folds=5)
+    return [(name, p, fit_exit_policy(name, ctx, float(p)))
+            for name in list_exit_policies() for p in _params(name, cal)]
+
+
+def test_online_equals_offline_for_every_policy(trained, policies):
+    model, data, _, test = trained
+    used = set()
+    for name, param, policy in policies:
+        offline = offline_exits(policy, test)
+        used |= set(offline.exit_index.tolist())
+        for batch_size, refill in ((64, True), (7, False)):
+            online = early_exit_predict(model, policy, data.test, batch_size, refill=refill,
+                                        record_features=True)
+            label = f"{name}({param:.3g}) batch {batch_size} refill {refill}"
+            np.testing.assert_array_equal(online.exit_index, offline.exit_index, err_msg=label)
+            np.testing.assert_array_equal(online.predictions, offline.predictions, err_msg=label)
+            reached = np.arange(model.num_exits)[None, :] <= online.exit_index[:, None]
+            assert np.isnan(online.features[~reached]).all()
+            np.testing.assert_allclose(online.features[reached], test.features[reached],
+                                       rtol=1e-6, atol=1e-7, err_msg=label)
+        alone = early_exit_predict(model, policy, data.test.subset(20), batch_size=1)
+        np.testing.assert_array_equal(alone.exit_index, offline.exit_index[:20])
+    assert len(used) >= 4, f"policies used only exits {sorted(used)}: the test would be weak"
+
+
+def test_result_fields(trained, policies):
+    model, data, _, test = trained
+    policy = dict(((n, i), p) for i, (n, _, p) in enumerate(policies) if n == "lsm").popitem()[1]
+    model.train()
+    result = early_exit_predict(model, policy, data.test, 50)
+    assert model.training  # mode restored
+    n, costs = len(data.test), model.exit_costs().numpy().astype(np.float64)
+    assert isinstance(result, EarlyExitResult)
+    assert result.predictions.shape == result.exit_index.shape == result.compute.shape == (n,)
+    assert result.predictions.dtype == result.exit_index.dtype == np.int64
+    assert result.probs.shape == (n, model.num_classes) and result.features is None
+    np.testing.assert_array_equal(result.compute, costs[result.exit_index])
+    np.testing.assert_array_equal(result.probs.argmax(-1), result.predictions)
+    np.testing.assert_allclose(result.probs.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(result.labels, data.test.labels.numpy())
+    assert result.accuracy == pytest.approx((result.predictions == result.labels).mean())
+    assert result.mean_compute == pytest.approx(result.compute.mean())
+    np.testing.assert_allclose(result.probs, test.probs[np.arange(n), result.exit_index],
+                               rtol=1e-6, atol=1e-7)
+    bare = early_exit_predict(model, policy, data.test.images[:10])
+    assert bare.labels is None and bare.accuracy is None
+
+
+def _count_block_inputs(model):
+    counts = [[] for _ in model.blocks]
+    handles = [block.register_forward_hook(
+        lambda mod, inp, out, i=i: counts[i].append(inp[0].shape[0]))
+        for i, block in enumerate(model.blocks)]
+    return counts, handles
+
+
+@pytest.mark.parametrize("refill", [False, True])
+def test_retired_samples_skip_later_blocks(trained, policies, refill):
+    model, data, _, test = trained
+    name, _, policy = next(p for p in policies if p[0] == "max_prob")
+    exits = offline_exits(policy, test).exit_index
+    batch_size = 32
+    counts, handles = _count_block_inputs(model)
+    try:
+        early_exit_predict(model, policy, data.test, batch_size, refill=refill)
+    finally:
+        for h in handles:
+            h.remove()
+    for block, seen in enumerate(counts):  # exit t follows block t in resnet20
+        reached = int((exits >= block).sum())
+        assert all(size <= batch_size for size in seen)
+        if not refill:  # batch by batch: the exact count (a lone sample runs as a pair)
+            per_batch = [int((exits[s:s + batch_size] >= block).sum())
+                         for s in range(0, len(exits), batch_size)]
+            assert seen == [k if k > 1 else 2 for k in per_batch if k > 0]
+        else:
+            assert reached <= sum(seen) <= reached + seen.count(2)
+    assert sum(counts[-1]) < len(exits)  # some samples really left before the last block
+
+
+def test_stop_at_first_exit_runs_no_later_block(trained):
+    model, data, cal, _ = trained
+    stop_now = fit_exit_policy("max_prob", cal, -1.0)  # every max_prob >= -1
+    counts, handles = _count_block_inputs(model)
+    try:
+        result = early_exit_predict(model, stop_now, data.test, 64)
+    finally:
+        for h in handles:
+            h.remove()
+    assert (result.exit_index == 0).all() and result.mean_compute == pytest.approx(
+        float(model.exit_costs()[0]))
+    assert sum(counts[0]) == len(data.test) and all(not c for c in counts[1:])
+
+
+def test_bad_inputs_are_clear_errors(trained, policies):
+    model, data, cal, _ = trained
+    policy = policies[0][2]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            early_exit_predict(model, policy, data.test, bad)
+    with pytest.raises(ValueError, match="empty"):
+        early_exit_predict(model, policy, data.test.subset(0))
+    with pytest.raises(ValueError, match="Split or an images tensor"):
+        early_exit_predict(model, policy, [1, 2, 3])
+    with pytest.raises(DataError, match="expects images of shape"):
+        early_exit_predict(model, policy, torch.zeros(4, 3, 28, 28))
+    with pytest.raises(NotFittedError):
+        early_exit_predict(model, ThresholdPolicy(0), data.test)
+    three_exits = ThresholdPolicy(0, threshold=0.5).fit(np.zeros((4, 3)), np.zeros((4, 3, 6)))
+    with pytest.raises(ValueError, match="fitted for a network with 3 exits but the model "
+                                         r"\(resnet20\) has 9"):
+        early_exit_predict(model, three_exits, data.test)
+    two_features = ThresholdPolicy(0, threshold=0.5).fit(np.zeros((4, 9)), np.zeros((4, 9, 2)))
+    with pytest.raises(ValueError, match="fitted on 2 features but the model .* provides 6"):
+        early_exit_predict(model, two_features, data.test)
+    other = fit_exit_policy("max_prob", cal, 0.5)
+    costs = tuple(float(c) for c in cal.exit_costs)
+    other.source = TraceSource("resnet56", costs, FEATURES)
+    with pytest.raises(ValueError, match="'resnet56' model but the model .* from a 'resnet20'"):
+        early_exit_predict(model, other, data.test)
+    other.source = TraceSource("resnet20", (0.5,) * 8 + (1.0,), FEATURES)
+    with pytest.raises(ValueError, match="different models"):
+        early_exit_predict(model, other, data.test)
+    stages = optdepth.create_model("resnet20", exits="stages").eval()
+    with pytest.raises(ValueError, match="9 exits but the model .* has 3"):
+        early_exit_predict(stages, policy, data.test)
+
+
+def test_exit_policy_is_a_stopping_policy_with_a_source(trained, policies):
+    _, _, cal, _ = trained
+    for name, _, policy in policies:
+        assert isinstance(policy, ExitPolicy) and policy.kind == name
+        assert policy.n_steps_ == 9 and policy.n_features_ == len(FEATURES)
+        assert policy.source == TraceSource.of_traces(cal)
+
+
+def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
+    model, data, _, test = trained
+    split = data.test.subset(64)
+    final = full_depth_predict(model, split, 16)
+    np.testing.assert_array_equal(final, test.probs[:64, -1].argmax(-1))
+    np.testing.assert_array_equal(full_depth_predict(model, split, 16, all_exits=True), final)
+    policy = next(p for n, _, p in policies if n == "lsm")
+    report = measure_wall_speedup(model, policy, split, batch_size=16, repeats=1)
+    assert report["baseline"] == "final_head" and report["threads"] == torch.get_num_threads()
+    assert report["wall_speedup"] > 0 and report["wall_speedup_all_exits"] > 0
+    assert report["compute_speedup"] == pytest.approx(1 / report["mean_compute"])
+    assert report["repeats"] == 1 and report["n_samples"] == 64
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        measure_wall_speedup(model, policy, split, repeats=0)
+    with pytest.raises(ValueError, match="empty"):
+        full_depth_predict(model, split.subset(0))

@@ -120,7 +120,7 @@ def test_metrics_record_and_gap_summary(toy_evaluations):
     assert set(record) == {"curve", "iso_accuracy"}
     compute, accuracy = toy_evaluations["max_prob"].iso_test
     assert record["iso_accuracy"] == {"accuracy": accuracy, "mean_compute": compute,
-                                      "wall_speedup": 2.5}
+                                      "wall_speedup": 2.5, "reached": True}
     curve = np.array(record["curve"])
     assert curve.shape[1] == 2 and (np.diff(curve[:, 0]) >= 0).all()
     assert toy_evaluations["oracle"].metrics()["iso_accuracy"]["wall_speedup"] is None
@@ -235,3 +235,12 @@ def test_trace_source_of_traces(toy):
     source = TraceSource.of_traces(toy[0])
     assert source.num_exits == 3 and source.arch == "toy" and source.feature_names == FEATURES
     source.check_matches(TraceSource.of_traces(toy[1]), "a", "b")
+
+
+def test_unreachable_accuracy_target_reports_the_most_accurate_point(toy):
+    cal, test = toy
+    # A negative tolerance asks for more than the final exit's accuracy (1.0): unreachable.
+    evaluations = evaluate_policies(cal, test, ("max_prob",), tolerance=-0.01)
+    record = evaluations["max_prob"]
+    assert not record.reached and record.metrics()["iso_accuracy"]["reached"] is False
+    assert record.calibration_curve[record.iso_index, 1] == record.calibration_curve[:, 1].max()

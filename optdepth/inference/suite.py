@@ -83,6 +83,8 @@ class PolicyEvaluation:
         iso_index: the iso-accuracy point's index into the grid.
         policy: the policy at that point, fitted on all calibration data (None: oracle).
         cross_fitted: whether the calibration curve is out of fold.
+        reached: False when no point of the grid reached the accuracy target on calibration;
+            the iso-accuracy point is then the most accurate one (a weak network or policy).
     """
 
     name: str
@@ -92,6 +94,7 @@ class PolicyEvaluation:
     iso_index: int
     policy: ExitPolicy | None
     cross_fitted: bool
+    reached: bool = True
 
     @property
     def iso_param(self) -> float:
@@ -114,7 +117,7 @@ class PolicyEvaluation:
         return {"curve": [[float(c), float(a)] for c, a in self.test_curve[order]],
                 "iso_accuracy": {"accuracy": accuracy, "mean_compute": compute,
                                  "wall_speedup": None if wall_speedup is None
-                                 else float(wall_speedup)}}
+                                 else float(wall_speedup), "reached": self.reached}}
 
 
 def _point(correct: np.ndarray, costs: np.ndarray, times: np.ndarray) -> tuple[float, float]:
@@ -175,12 +178,20 @@ def evaluate_policy(name: str, ctx: FitContext, test: Traces, *,
         test_points.append(_point(test_correct, ctx.costs, policy.stop_times(test_features)))
         policies.append(policy)
     cal_curve, test_curve = np.array(cal_points), np.array(test_points)
-    index = iso_accuracy_index(cal_curve[:, 1], cal_curve[:, 0],
-                               float(ctx.correct[:, -1].mean()), tolerance)
+    reference, reached = float(ctx.correct[:, -1].mean()), True
+    try:
+        index = iso_accuracy_index(cal_curve[:, 1], cal_curve[:, 0], reference, tolerance)
+    except ValueError:
+        # Not an input error: this policy cannot match the final exit on this network. Report
+        # its most accurate point (cheapest among equals) and say so, instead of failing.
+        reached = False
+        index = iso_accuracy_index(cal_curve[:, 1], cal_curve[:, 0], cal_curve[:, 1].max(), 0.0)
+        log.warning("%s: no point within %.1f points of the final exit on calibration; "
+                    "reporting its most accurate point", name, 100 * tolerance)
     log.info("%s: iso-accuracy at param %.4g, test compute %.4f accuracy %.4f", name,
              grid[index], *test_curve[index])
     return PolicyEvaluation(name, grid, cal_curve, test_curve, index, policies[index],
-                            cross_fitted=spec.uses_rewards)
+                            cross_fitted=spec.uses_rewards, reached=reached)
 
 
 def evaluate_policies(calibration: Traces, test: Traces,

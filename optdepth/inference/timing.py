@@ -74,7 +74,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, StoppingPolicy],
                           data: Split | Tensor, batch_size: int = 256, repeats: int = 5, *,
-                          refill: bool = True) -> dict[str, dict[str, Any]]:
+                          refill: bool = True, all_exits: bool = True) -> dict[str, dict[str, Any]]:
     """Time full-depth inference against early exit under several policies, interleaved.
 
     The sides run in turn, ``repeats`` times, after one untimed warm-up run each: the
@@ -89,11 +89,12 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         batch_size: samples per network call on every side.
         repeats: timed runs of each side.
         refill: passed to :func:`early_exit_predict`.
+        all_exits: also time the full multi-exit forward ``model(x)`` (one more side).
 
     Returns:
         name -> dict: ``wall_speedup`` (against the final-head baseline),
-        ``wall_speedup_all_exits`` (against ``model(x)``), median seconds per pass
-        ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
+        ``wall_speedup_all_exits`` (against ``model(x)``; None unless ``all_exits``), median
+        seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
         ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``accuracy_full_depth``
         and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
         ``batch_size``, ``refill``, ``repeats``, ``n_samples``.
@@ -102,8 +103,9 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     _, labels = split_images(data)
-    sides = {"full_depth": lambda: full_depth_predict(model, data, batch_size),
-             "all_exits": lambda: full_depth_predict(model, data, batch_size, all_exits=True)}
+    sides = {"full_depth": lambda: full_depth_predict(model, data, batch_size)}
+    if all_exits:
+        sides["all_exits"] = lambda: full_depth_predict(model, data, batch_size, all_exits=True)
     for name, policy in policies.items():
         sides[name] = (lambda p=policy: early_exit_predict(model, p, data, batch_size,
                                                            refill=refill))
@@ -115,7 +117,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     full_pred = outputs["full_depth"]
     common = {"accuracy_full_depth": None if labels is None else float((full_pred == labels).mean()),
               "full_depth_s": statistics.median(times["full_depth"]),
-              "all_exits_s": statistics.median(times["all_exits"]),
+              "all_exits_s": statistics.median(times["all_exits"]) if all_exits else None,
               "baseline": baseline_kind(model), "threads": torch.get_num_threads(),
               "batch_size": batch_size, "refill": refill, "repeats": repeats,
               "n_samples": int(len(full_pred))}
@@ -124,7 +126,9 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
 
 def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
                     common: dict[str, Any]) -> dict[str, Any]:
-    def ratio(base: str) -> float:
+    def ratio(base: str) -> float | None:
+        if base not in times:
+            return None
         return statistics.median(a / b for a, b in zip(times[base], times[name], strict=True))
 
     wall, compute_speedup = ratio("full_depth"), 1.0 / early.mean_compute

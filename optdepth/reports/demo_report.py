@@ -49,7 +49,8 @@ def policy_table(net: Mapping[str, Any]) -> list[str]:
         iso, timing = record["iso_accuracy"], net["timing"].get(name)
         speedup = 1 / iso["mean_compute"]
         wall = iso["wall_speedup"]
-        lines.append(_row([name, f"{100 * iso['accuracy']:.2f}", f"{iso['mean_compute']:.3f}",
+        flag = "" if iso.get("reached", True) else " (target not reached)"
+        lines.append(_row([name + flag, f"{100 * iso['accuracy']:.2f}", f"{iso['mean_compute']:.3f}",
                            f"{speedup:.2f}x", _fmt(wall, ".2f") + ("x" if wall else ""),
                            _fmt(timing and timing["wall_over_compute"], ".2f")]))
     return lines

@@ -58,13 +58,42 @@ def test_beta_warmup_and_zero_beta():
     assert off(out).item() == 0.0 and not off(out).requires_grad
 
 
-@pytest.mark.parametrize("name", optdepth.list_regularizers())
+NORM_PENALTIES = ["relative", "decay_hinge"]
+
+
+@pytest.mark.parametrize("name", NORM_PENALTIES)
 def test_penalty_gradient_shrinks_later_residuals(name):
     rel = torch.tensor([[0.5, 0.4], [0.6, 0.5], [0.7, 0.8]], requires_grad=True)
     reg = optdepth.create_regularizer(name, beta=1.0)
     reg(ExitOutputs(torch.zeros(3, 2, 3), rel, torch.ones(3, 2))).backward()
     assert rel.grad[-1].sum() > 0  # pushing the last block's norm down lowers the penalty
     assert torch.isfinite(rel.grad).all()
+
+
+def test_distill_matches_kl_div_and_vanishes_on_agreement():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 5)
+    tau = 2.0
+    reg = optdepth.create_regularizer("distill", beta=1.0, temperature=tau)
+    target = F.softmax(logits[-1] / tau, dim=-1)
+    expected = sum(F.kl_div(F.log_softmax(logits[t] / tau, dim=-1), target, reduction="batchmean")
+                   for t in range(3)) / 3 * tau**2
+    value = reg(ExitOutputs(logits, torch.ones(4, 6), torch.ones(4, 6)))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    same = logits[-1].expand(4, 6, 5)
+    assert reg(ExitOutputs(same, torch.ones(4, 6), torch.ones(4, 6))).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_distill_pulls_early_exits_only():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 8, 4, requires_grad=True)
+    reg = optdepth.create_regularizer("distill", beta=1.0)
+    reg(ExitOutputs(logits, torch.ones(3, 8), torch.ones(3, 8))).backward()
+    assert torch.all(logits.grad[-1] == 0)  # the final exit is the target, not pulled
+    # a small step against the gradient brings exit 0 closer to the final exit
+    before = reg(ExitOutputs(logits.detach(), torch.ones(3, 8), torch.ones(3, 8)))
+    after = reg(ExitOutputs(logits.detach() - 0.1 * logits.grad, torch.ones(3, 8), torch.ones(3, 8)))
+    assert after < before
 
 
 def test_regularizer_errors():
@@ -78,3 +107,5 @@ def test_regularizer_errors():
         optdepth.create_regularizer("decay_hinge", rho=1.5)
     with pytest.raises(ConfigError, match="bad arguments"):
         optdepth.create_regularizer("relative", rho=0.5)
+    with pytest.raises(ConfigError, match="temperature must be"):
+        optdepth.create_regularizer("distill", temperature=0)

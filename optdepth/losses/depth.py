@@ -1,8 +1,12 @@
-"""L_depth: penalties that make later residual updates small relative to earlier ones.
+"""L_depth: penalties that make what later blocks add small relative to what earlier ones did.
 
 Every variant maps an :class:`ExitOutputs` to a scalar ``beta_eff * penalty``; ``beta_eff``
 ramps linearly from 0 to ``beta`` over ``warmup_epochs`` so the exits first learn to predict.
 A new variant subclasses :class:`DepthRegularizer` and implements :meth:`penalty`.
+
+Two measure what later blocks add in state space (the residual norms ||F_t(h_t)|| / ||S_t(h_t)||:
+``relative``, ``decay_hinge``); ``distill`` measures it in prediction space (how far the final
+exit's prediction moves away from exit t's), which is what an early exit actually loses.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from optdepth.models.base import ExitOutputs
 
 
 class DepthRegularizer(nn.Module):
-    """Base class. Subclasses implement ``penalty(relative_norms (blocks, B)) -> scalar``.
+    """Base class. Subclasses implement ``penalty(outputs: ExitOutputs) -> scalar``.
 
     Args:
         beta: weight β ≥ 0 of the penalty in the training loss.
@@ -39,8 +43,8 @@ class DepthRegularizer(nn.Module):
             return self.beta
         return self.beta * min(1.0, max(0.0, epoch) / self.warmup_epochs)
 
-    def penalty(self, relative_norms: Tensor) -> Tensor:
-        """Unweighted penalty from per-block ||F_t(h_t)|| / ||S_t(h_t)||, shape (blocks, B)."""
+    def penalty(self, outputs: ExitOutputs) -> Tensor:
+        """Unweighted scalar penalty of one forward pass."""
         raise NotImplementedError
 
     def forward(self, outputs: ExitOutputs, epoch: float | None = None) -> Tensor:
@@ -48,7 +52,7 @@ class DepthRegularizer(nn.Module):
         w = self.weight(epoch)
         if w == 0.0:
             return outputs.logits.new_zeros(())
-        return w * self.penalty(outputs.relative_residual_norms)
+        return w * self.penalty(outputs)
 
 
 def depth_ramp(num_blocks: int, device: torch.device | None = None) -> Tensor:
@@ -59,7 +63,8 @@ def depth_ramp(num_blocks: int, device: torch.device | None = None) -> Tensor:
 class RelativeNormPenalty(DepthRegularizer):
     """Σ_t w_t · E_b[(||F_t|| / ||S_t||)²] with w_t = t / blocks (normalised to sum to 1)."""
 
-    def penalty(self, relative_norms: Tensor) -> Tensor:
+    def penalty(self, outputs: ExitOutputs) -> Tensor:
+        relative_norms = outputs.relative_residual_norms  # (blocks, B)
         w = depth_ramp(relative_norms.shape[0], relative_norms.device)
         return (w / w.sum() * relative_norms.pow(2).mean(dim=1)).sum()
 
@@ -77,14 +82,46 @@ class DecayHingePenalty(DepthRegularizer):
             raise ConfigError(f"rho must be in (0, 1], got {rho!r}")
         self.rho = float(rho)
 
-    def penalty(self, relative_norms: Tensor) -> Tensor:
+    def penalty(self, outputs: ExitOutputs) -> Tensor:
+        relative_norms = outputs.relative_residual_norms  # (blocks, B)
         excess = relative_norms[1:] - self.rho * relative_norms[:-1]  # (blocks-1, B)
         return torch.relu(excess).pow(2).mean(dim=1).sum()
+
+
+class DistillPenalty(DepthRegularizer):
+    """τ² · mean_{t<T} E_b[KL(p_T^τ || p_t^τ)]: how much the blocks after exit t move the prediction.
+
+    p_t^τ = softmax(z_t / τ). The final exit's distribution is a fixed target (no gradient flows
+    into it), so the penalty only pulls the early exits, and the layers under them, toward what
+    the full network predicts; a sample whose early prediction already agrees with the final one
+    can stop there at no loss. This is self-distillation (Zhang et al. 2019, "Be Your Own
+    Teacher") read as a depth penalty; τ² keeps gradient sizes independent of τ (Hinton et al.).
+
+    Args:
+        temperature: softening τ > 0 of both distributions.
+    """
+
+    def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0,
+                 temperature: float = 3.0) -> None:
+        super().__init__(beta, warmup_epochs)
+        if not isinstance(temperature, int | float) or not 0.0 < temperature < math.inf:
+            raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def penalty(self, outputs: ExitOutputs) -> Tensor:
+        logits = outputs.logits.float() / self.temperature  # (T, B, C)
+        if logits.shape[0] < 2:
+            return logits.new_zeros(())
+        target = torch.log_softmax(logits[-1].detach(), dim=-1)  # (B, C)
+        early = torch.log_softmax(logits[:-1], dim=-1)  # (T-1, B, C)
+        kl = (target.exp() * (target - early)).sum(dim=-1)  # (T-1, B)
+        return self.temperature ** 2 * kl.mean()
 
 
 REGULARIZERS: dict[str, type[DepthRegularizer]] = {
     "relative": RelativeNormPenalty,
     "decay_hinge": DecayHingePenalty,
+    "distill": DistillPenalty,
 }
 
 

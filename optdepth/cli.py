@@ -1,14 +1,17 @@
 """The ``optdepth`` command: a thin layer over library functions.
 
     optdepth train --out RUN [--config FILE] [flags]      train (or --resume) a multi-exit net
+    torchrun --nproc_per_node=N -m optdepth train ...     the same on N processes (DDP); the
+                                                          --batch-size is global
     optdepth evaluate RUN                                 per-exit accuracy, norms, exit traces
-    optdepth demo --out DIR [--quick]                     baseline vs L_depth, report.md
+    optdepth demo --out DIR [--model vit] [--quick]       baseline vs L_depth, report.md
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,14 +24,21 @@ log = logging.getLogger("optdepth")
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "registered model name (default resnet20)"),
     "--epochs": ("epochs", int, "training epochs"),
-    "--batch-size": ("batch_size", int, "batch size"),
+    "--batch-size": ("batch_size", int, "global batch size (split evenly across torchrun processes)"),
+    "--optimizer": ("optimizer", str, "sgd (default) | adamw"),
     "--lr": ("lr", float, "peak learning rate"),
-    "--weight-decay": ("weight_decay", float, "SGD weight decay"),
+    "--weight-decay": ("weight_decay", float, "weight decay (AdamW: on weights only)"),
     "--beta": ("beta", float, "weight of the depth regulariser L_depth (0 = off)"),
     "--regularizer": ("regularizer", str, "L_depth variant"),
     "--beta-warmup-epochs": ("beta_warmup_epochs", float, "epochs over which beta ramps up"),
     "--exit-weighting": ("exit_weighting", str, "uniform | linear"),
-    "--data-dir": ("data_dir", str, "folder with the four Fashion-MNIST IDX .gz files"),
+    "--dataset": ("dataset", str, "fashion-mnist (default) | imagefolder"),
+    "--data-dir": ("data_dir", str, "folder with the four Fashion-MNIST IDX .gz files, or the"
+                   " ImageFolder root holding train/ and val/"),
+    "--image-size": ("image_size", int, "imagefolder crop side in pixels (default 224)"),
+    "--calibration-size": ("calibration_size", int, "training images held out for calibration"),
+    "--workers": ("workers", int, "imagefolder DataLoader workers per process (default 4)"),
+    "--device": ("device", str, "cuda | cpu | cuda:N (default: cuda if available)"),
     "--train-subset": ("train_subset", int, "train on the first N images only"),
     "--seed": ("seed", int, "random seed"),
     "--threads": ("threads", int, "torch CPU threads"),
@@ -44,18 +54,29 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     for flag, (field, kind, text) in TRAIN_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, help=text)
+    p.add_argument("--weights", help="torchvision state dict file loaded into the backbone"
+                   " (imagenet_resnet* models; nothing is downloaded)")
+    p.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="train only the exit heads (imagenet_resnet* models)")
+    p.add_argument("--exits", help="exit placement: all | stages | k (every k-th block)")
+    p.add_argument("--skip-bad-images", dest="skip_bad_images", action="store_true", default=None,
+                   help="imagefolder: leave unreadable images out (logged) instead of stopping")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast + channels-last (default: on for cuda, off on cpu)")
 
 
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run and write its exit traces")
     p.add_argument("run", help="run directory written by `optdepth train`")
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
+    p.add_argument("--data-dir", help="the data's folder, if it moved since training (default:"
+                   " the run's config)")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--device", help="cuda | cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="baseline vs L_depth ResNet-20 on Fashion-MNIST, with report")
+    p = sub.add_parser("demo", help="baseline vs L_depth multi-exit net (resnet20, vit, lm), with report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
@@ -65,6 +86,10 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--beta", type=float, help="L_depth weight of the second net")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--model", default="resnet20",
+                   help="resnet20 (default), vit or another registered image model; lm: the causal LM")
+    p.add_argument("--text", nargs="+", metavar="PATH",
+                   help="lm demo: text files or folders (default: the Python standard library)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -85,8 +110,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, field) for field, _, _ in TRAIN_FLAGS.values()
                if getattr(args, field) is not None}
-    if args.width is not None:
-        changes["model_kwargs"] = {**config.model_kwargs, "width": args.width}
+    for field in ("skip_bad_images", "amp"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    model_kwargs = {key: value for key, value in (
+        ("width", args.width), ("weights_path", args.weights),
+        ("freeze_backbone", args.freeze_backbone), ("exits", _exits(args.exits)))
+        if value is not None}
+    if model_kwargs:
+        changes["model_kwargs"] = {**config.model_kwargs, **model_kwargs}
     if args.resume and (changes or args.config):
         log.warning("--resume continues with the run's stored config.json; other flags ignored")
     result = train(config.replace(**changes), args.out, resume=args.resume,
@@ -96,25 +128,53 @@ def _cmd_train(args: argparse.Namespace) -> None:
              last["epoch"], last["cal_accuracy"], result.run_dir)
 
 
+def _exits(text: str | None) -> str | int | None:
+    """--exits value: "all", "stages" or an int k."""
+    return int(text) if text is not None and text.isdigit() else text
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from optdepth.data import load_fashion_mnist
+    from pathlib import Path
+
+    from optdepth.checkpoints import load_checkpoint
+    from optdepth.data import load_run_dataset
     from optdepth.evaluation import evaluate_run
 
-    data = load_fashion_mnist(args.data_dir) if args.data_dir else None
+    data = None
+    if args.data_dir:
+        stored = load_checkpoint(Path(args.run) / "checkpoints" / "last.pt")["config"]
+        data = load_run_dataset({**stored, "data_dir": args.data_dir})
     summary = evaluate_run(args.run, data=data, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, device=args.device)
     accs = ", ".join(f"{100 * a:.2f}" for a in summary["exit_accuracy"])
     log.info("test accuracy per exit (%%): %s", accs)
     log.info("decay fit: K = %.3f, rho = %.3f", summary["decay_fit"]["K"],
              summary["decay_fit"]["rho"])
 
 
+def _cmd_lm_demo(args: argparse.Namespace) -> None:
+    from optdepth.demo_lm import DEFAULT_BETA, run_lm_demo
+
+    schedule = "quick" if args.quick else "full" if args.full else "demo"
+    metrics = run_lm_demo(args.out, schedule=schedule,
+                          beta=DEFAULT_BETA if args.beta is None else args.beta,
+                          epochs=args.epochs, text=args.text or args.data_dir and [args.data_dir],
+                          threads=args.threads, progress=not args.no_progress, model=args.model)
+    for name, net in metrics["nets"].items():
+        log.info("%-8s last exit: next-token accuracy %.2f%%, perplexity %.3f", name,
+                 100 * net["exit_accuracy"][-1], net["perplexity"][-1])
+    log.info("report: %s/report.md (%.1f min)", args.out, metrics["wall_seconds"] / 60)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from optdepth.demo import DEFAULT_BETA, run_demo
 
+    if args.model.startswith("lm"):  # the causal LM demo (lm, lm_small, lm_tiny)
+        _cmd_lm_demo(args)
+        return
     beta = DEFAULT_BETA if args.beta is None else args.beta
     schedule = "quick" if args.quick else "full" if args.full else "demo"
-    metrics = run_demo(args.out, schedule=schedule, beta=beta, epochs=args.epochs,
+    metrics = run_demo(args.out, model=args.model, schedule=schedule, beta=beta, epochs=args.epochs,
                        data_dir=args.data_dir, threads=args.threads,
                        progress=not args.no_progress)
     for name, net in metrics["nets"].items():
@@ -129,8 +189,9 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s")
+    quiet = int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 logs
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose
+                        else logging.INFO, format="%(message)s")
     try:
         COMMANDS[args.command](args)
     except OptDepthError as exc:

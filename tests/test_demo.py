@@ -56,12 +56,12 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
 
 def test_rerun_resumes_without_retraining(demo_dir):
     from optdepth.data import load_fashion_mnist
-    from optdepth.demo import SCHEDULES, demo_configs
+    from optdepth.demo import DEFAULT_BETA, SCHEDULES, demo_configs
     from optdepth.training import train_or_resume
 
     run = demo_dir / "runs" / "ldepth"
     before = (run / "metrics.jsonl").read_text()
-    config = demo_configs(SCHEDULES["quick"], 0.5, None, None)["ldepth"]
+    config = demo_configs(SCHEDULES["quick"], DEFAULT_BETA, None, None)["ldepth"]
     result = train_or_resume(config, run, data=load_fashion_mnist(), progress=False)
     assert len(result.history) == config.epochs
     assert (run / "metrics.jsonl").read_text() == before

@@ -9,12 +9,20 @@ from optdepth.errors import ConfigError, DataError
 from optdepth.models import ExitOutputs
 from optdepth.models.resnet_cifar import exit_positions
 
+# Defaults too slow for a contract check on CPU: the ImageNet ResNets run at 32x32 here.
+FAST = {name: {"image_size": 32} for name in optdepth.list_models() if name.startswith("imagenet_")}
 # (name, overrides): every registered model, plus the exit placements.
-CASES = [(name, {}) for name in optdepth.list_models()] + [
+CASES = [(name, FAST.get(name, {})) for name in optdepth.list_models()] + [
+    ("imagenet_resnet50", {"exits": "stages", "num_classes": 7, "image_size": 64}),
     ("resnet20", {"exits": "stages"}),
     ("resnet20", {"exits": 2}),
     ("resnet20", {"width": 2, "stem_stride": 1}),
     ("resnet32", {"in_channels": 3, "num_classes": 7, "image_size": 16}),
+    ("vit", {"exits": 2}),
+    ("vit", {"exits": (1, 3)}),
+    ("vit_tiny", {"in_channels": 3, "num_classes": 7, "image_size": 16, "patch_size": 4}),
+    ("node", {"grid": (0.2, 0.5, 1.0), "solver": "rk4", "shared_head": False, "downsample": 1}),
+    ("node", {"in_channels": 3, "num_classes": 7, "image_size": 16, "width": 8, "exits": 3}),
 ]
 
 
@@ -81,12 +89,13 @@ def test_residual_process_is_exact():
 
 @pytest.mark.parametrize(("exits", "expected"), [
     ("all", tuple(range(9))), ("stages", (2, 5, 8)), (2, (1, 3, 5, 7, 8)), (4, (3, 7, 8)),
+    ([4, 1], (1, 4, 8)), ((0, 8), (0, 8)),
 ])
 def test_exit_positions(exits, expected):
     assert exit_positions(9, 3, exits) == expected
 
 
-@pytest.mark.parametrize("bad", [0, -1, "some", 1.5, True])
+@pytest.mark.parametrize("bad", [0, -1, "some", 1.5, True, (), (1, 1), (9,), (2.0,)])
 def test_bad_exit_placement(bad):
     with pytest.raises(ConfigError, match="exits must be"):
         exit_positions(9, 3, bad)

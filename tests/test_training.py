@@ -108,6 +108,19 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny):
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+def test_run_stopped_inside_its_first_epoch_restarts(tmp_path, tiny):
+    # A kill before the first checkpoint leaves config.json alone: the same settings restart,
+    # other settings are refused and the folder is left as it was.
+    config, run = TINY.replace(epochs=1), tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(ConfigError, match="holds a run with other settings"):
+        optdepth.training.train_or_resume(config.replace(lr=0.3), run, data=tiny, progress=False)
+    assert json.loads((run / "config.json").read_text()) == config.to_dict()
+    result = optdepth.training.train_or_resume(config, run, data=tiny, progress=False)
+    assert [r["epoch"] for r in result.history] == [1]
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, tiny):
     with pytest.raises(TrainingError, match="loss became .* lower --lr or --beta"):
         train(TINY.replace(lr=1e30, lr_warmup_epochs=0.0), tmp_path / "run", data=tiny,

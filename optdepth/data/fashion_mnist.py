@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from optdepth.data.loader import iterate_batches, num_batches
 from optdepth.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,25 @@ class Split:
     def subset(self, n: int) -> Split:
         """The first ``n`` samples (the splits are already shuffled once, with a fixed seed)."""
         return Split(self.images[:n], self.labels[:n])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images, labels) batches; see :func:`optdepth.data.loader.iterate_batches`.
+
+        ``batch_size`` is global: with ``world_size`` processes each yields its share of it.
+        """
+        return iterate_batches(self, batch_size, shuffle=shuffle, augment=augment, seed=seed,
+                               epoch=epoch, rank=rank, world_size=world_size)
+
+    def num_batches(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches (optimiser steps) per pass at global ``batch_size``, for any ``world_size``."""
+        return num_batches(len(self), batch_size)
 
 
 @dataclass(frozen=True)

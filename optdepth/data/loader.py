@@ -8,11 +8,13 @@ from a generator seeded with (seed, epoch), so a resumed run sees exactly the sa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from optdepth.data.fashion_mnist import Split
+if TYPE_CHECKING:
+    from optdepth.data.fashion_mnist import Split
 
 
 def random_crop_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -41,10 +43,21 @@ def random_crop_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
 
 def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
                     augment: bool = False, seed: int = 0, epoch: int = 0,
-                    pad: int = 2) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images (B, C, H, W), labels (B,)) batches; the last batch may be smaller."""
+                    pad: int = 2, rank: int = 0,
+                    world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (images (B, C, H, W), labels (B,)) batches; the last batch may be smaller.
+
+    With ``world_size`` > 1 every process draws the same global batches of ``batch_size``
+    (same order, same augmentation) and yields only its contiguous share
+    ``[rank * b, (rank + 1) * b)`` with ``b = batch_size / world_size``: the processes together
+    see exactly the batches of a single-process run.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size > 1:
+        yield from _shard(iterate_batches(split, batch_size, shuffle=shuffle, augment=augment,
+                                          seed=seed, epoch=epoch, pad=pad), rank, world_size)
+        return
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -59,3 +72,13 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
 def num_batches(n: int, batch_size: int) -> int:
     """Batches per pass over ``n`` samples."""
     return -(-n // batch_size)
+
+
+def _shard(batches: Iterator[tuple[Tensor, Tensor]], rank: int,
+           world_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's equal contiguous share of each global batch (a ragged last batch is split
+    into near-equal shares; a rank whose share is empty gets none of it)."""
+    for images, labels in batches:
+        share = images.tensor_split(world_size)[rank], labels.tensor_split(world_size)[rank]
+        if len(share[1]):
+            yield share

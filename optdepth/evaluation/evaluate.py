@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from optdepth.checkpoints import load_checkpoint, load_model
-from optdepth.data.fashion_mnist import FashionMNIST, Split, load_fashion_mnist
+from optdepth.data.source import BatchSource, SplitDataset, load_run_dataset
 from optdepth.evaluation.inference import forward_split
 from optdepth.io import write_json
 from optdepth.models.base import MultiExitModel
@@ -27,7 +28,7 @@ from optdepth.traces import Traces, exit_features
 log = logging.getLogger(__name__)
 
 
-def collect_traces(model: MultiExitModel, split: Split, split_name: str = "test",
+def collect_traces(model: MultiExitModel, split: BatchSource, split_name: str = "test",
                    batch_size: int = 1000, progress: bool = False) -> Traces:
     """Run every exit on ``split`` and return its :class:`~optdepth.traces.Traces`."""
     if len(split) == 0:
@@ -57,9 +58,17 @@ def summarize(traces: Traces) -> dict[str, Any]:
     }
 
 
-def evaluate_run(run_dir: str | Path, data: FashionMNIST | None = None, batch_size: int = 1000,
-                 progress: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_size: int = 1000,
+                 progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Evaluate ``run_dir``'s last checkpoint on the test split; write ``run_dir/evaluation``.
+
+    Args:
+        run_dir: a run directory written by :func:`optdepth.training.train`.
+        data: the dataset (else loaded as the run's stored config says: dataset, data_dir,
+            image size, calibration size, workers, skip_bad_images).
+        batch_size: samples per forward pass.
+        progress: show progress bars.
+        device: where to run the model (default: cuda if available, else cpu).
 
     Returns:
         The summary dict also written to ``evaluation/summary.json``.
@@ -67,8 +76,8 @@ def evaluate_run(run_dir: str | Path, data: FashionMNIST | None = None, batch_si
     run_dir = Path(run_dir)
     model = load_model(run_dir)
     if data is None:
-        config = load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]
-        data = load_fashion_mnist(config.get("data_dir"))
+        data = load_run_dataset(load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"])
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = run_dir / "evaluation"
     traces = {name: collect_traces(model, getattr(data, name), name, batch_size, progress)
               for name in ("calibration", "test")}
@@ -80,3 +89,4 @@ def evaluate_run(run_dir: str | Path, data: FashionMNIST | None = None, batch_si
     write_json(out / "summary.json", summary)
     log.info("evaluated %s: final-exit test accuracy %.4f", run_dir, summary["exit_accuracy"][-1])
     return summary
+

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from optdepth.data.fashion_mnist import Split
-from optdepth.data.loader import iterate_batches, num_batches
+from optdepth.data.source import BatchSource
 from optdepth.models.base import MultiExitModel
 
 
@@ -39,21 +38,27 @@ class SplitOutputs:
 
 
 @torch.no_grad()
-def forward_split(model: MultiExitModel, split: Split, batch_size: int = 1000,
+def forward_split(model: MultiExitModel, split: BatchSource, batch_size: int = 1000,
                   progress: bool = False, desc: str = "evaluate") -> SplitOutputs:
-    """Run every exit on every sample of ``split`` in eval mode (restores the previous mode)."""
+    """Run every exit on every sample of ``split`` in eval mode (restores the previous mode).
+
+    Batches go to the device of the model's parameters; results come back as numpy arrays.
+    ``split`` is any :class:`~optdepth.data.source.BatchSource` (an in-memory Fashion-MNIST
+    split, an ImageFolder split).
+    """
     was_training = model.training
     model.eval()
-    probs, res, base = [], [], []
-    batches = iterate_batches(split, batch_size)
+    device = next(model.parameters()).device
+    probs, res, base, labels = [], [], [], []
     try:
-        for images, _ in tqdm(batches, total=num_batches(len(split), batch_size), desc=desc,
-                              disable=not progress, leave=False):
-            out = model(images)
-            probs.append(out.logits.softmax(-1).permute(1, 0, 2))  # (B, T, C)
-            res.append(out.residual_norms.T)
-            base.append(out.state_norms.T)
+        for images, y in tqdm(split.batches(batch_size), total=split.num_batches(batch_size),
+                              desc=desc, disable=not progress, leave=False):
+            out = model(images.to(device, non_blocking=True))
+            probs.append(out.logits.float().softmax(-1).permute(1, 0, 2).cpu())  # (B, T, C)
+            res.append(out.residual_norms.T.cpu())
+            base.append(out.state_norms.T.cpu())
+            labels.append(y)
     finally:
         model.train(was_training)
     return SplitOutputs(torch.cat(probs).numpy(), torch.cat(res).numpy(),
-                        torch.cat(base).numpy(), split.labels.numpy())
+                        torch.cat(base).numpy(), torch.cat(labels).numpy())

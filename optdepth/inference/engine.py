@@ -178,7 +178,8 @@ class _Cohort:
     def take(self, keep: np.ndarray) -> _Cohort:
         """The sub-cohort at the (k,) bool mask ``keep`` (copies; index_select is the fast path)."""
         index = np.flatnonzero(keep)
-        return _Cohort(self.rows[index], self.state.index_select(0, torch.from_numpy(index)),
+        index_t = torch.from_numpy(index).to(self.state.device)
+        return _Cohort(self.rows[index], self.state.index_select(0, index_t),
                        self.history[index], None if self.previous is None else self.previous[index])
 
     def split(self, n: int) -> tuple[_Cohort, _Cohort]:
@@ -222,8 +223,9 @@ def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: 
              costs: np.ndarray, out: _Outputs) -> _Cohort | None:
     """Run segment t on a cohort, record the samples that stop, return the others (or None)."""
     step = _step(model, cohort.state, t)
-    probs = step.logits.softmax(-1).numpy()  # (k, C) float32, as in the traces
-    relative = step.residual_norms[-1].numpy() / np.maximum(step.state_norms[-1].numpy(), 1e-12)
+    probs = step.logits.softmax(-1).cpu().numpy()  # (k, C) float32, as in the traces
+    relative = step.residual_norms[-1].cpu().numpy() / np.maximum(
+        step.state_norms[-1].cpu().numpy(), 1e-12)
     history = cohort.history
     history[:, t] = step_features(probs, cohort.previous, relative, costs[t])
     if out.features is not None:
@@ -260,13 +262,15 @@ def _run(model: MultiExitModel, policy: StoppingPolicy, images: Tensor, costs: n
     """Schedule every sample through the segments until it stops."""
     n, n_exits = images.shape[0], len(costs)
     queues: list[list[_Cohort]] = [[] for _ in range(n_exits)]
+    device = next(model.parameters()).device  # input batches move there; decisions on the CPU
     fed = 0
     while (t := _next_segment([sum(map(len, q)) for q in queues], batch_size, fed < n,
                               refill)) is not None:
         if t == -1:
             rows = np.arange(fed, min(fed + batch_size, n))
             history = np.empty((len(rows), n_exits, len(FEATURES)), dtype=np.float32)
-            queues[0].append(_Cohort(rows, _stem(model, images[fed:rows[-1] + 1]), history, None))
+            batch = images[fed:rows[-1] + 1].to(device, non_blocking=True)
+            queues[0].append(_Cohort(rows, _stem(model, batch), history, None))
             fed = rows[-1] + 1
             continue
         cohort = _Cohort.merge(queues[t])

@@ -57,9 +57,10 @@ def full_depth_predict(model: MultiExitModel, data: Split | Tensor, batch_size: 
     forward = (lambda x: model(x).logits[-1]) if all_exits else model.forward_final
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         with torch.inference_mode():
-            out = [forward(images[s:s + batch_size]).argmax(-1)
+            out = [forward(images[s:s + batch_size].to(device, non_blocking=True)).argmax(-1).cpu()
                    for s in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)

@@ -4,11 +4,13 @@ from optdepth.losses.depth import (
     DecayHingePenalty,
     DepthRegularizer,
     DistillPenalty,
+    KineticPenalty,
     RelativeNormPenalty,
     create_regularizer,
     list_regularizers,
 )
 from optdepth.losses.multi_exit import exit_weights, multi_exit_cross_entropy
 
-__all__ = ["DecayHingePenalty", "DepthRegularizer", "DistillPenalty", "RelativeNormPenalty",
-           "create_regularizer", "exit_weights", "list_regularizers", "multi_exit_cross_entropy"]
+__all__ = ["DecayHingePenalty", "DepthRegularizer", "DistillPenalty", "KineticPenalty",
+           "RelativeNormPenalty", "create_regularizer", "exit_weights", "list_regularizers",
+           "multi_exit_cross_entropy"]

@@ -1,6 +1,13 @@
 """Multi-exit models: one contract (:class:`MultiExitModel`), a registry and the model families."""
 
-from optdepth.models import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets)
+# Importing a family registers its factories with create_model.
+from optdepth.models import (  # noqa: F401
+    causal_lm,
+    neural_ode,
+    resnet_cifar,
+    resnet_imagenet,
+    vit,
+)
 from optdepth.models.base import ExitOutputs, MultiExitModel, StepOutput
 from optdepth.models.registry import create_model, list_models, register_model
 

@@ -7,13 +7,17 @@ never decide when to stop. Policies decide; the inference engine applies them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from optdepth.errors import DataError
+from optdepth.errors import ConfigError, DataError
+
+#: Exit placement: "all", "stages", every k-th block (int) or 0-based block indices.
+ExitSpec = str | int | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -155,3 +159,33 @@ class MultiExitModel(nn.Module):
 def per_sample_norm(x: Tensor) -> Tensor:
     """(B, ...) -> (B,) Euclidean norm of each sample, computed in float32."""
     return x.flatten(1).float().norm(dim=1)
+
+
+def exit_positions(num_blocks: int, blocks_per_stage: int | None, exits: ExitSpec) -> tuple[int, ...]:
+    """0-based block indices followed by an exit; the last block always has one.
+
+    Args:
+        num_blocks: total residual blocks.
+        blocks_per_stage: blocks in each stage (None for a model without stages).
+        exits: ``"all"`` (every block), ``"stages"`` (end of each stage), an int k (every k-th
+            block) or a sequence of 0-based block indices (the last block is added if missing).
+    """
+    if exits == "all":
+        return tuple(range(num_blocks))
+    if exits == "stages" and blocks_per_stage is not None:
+        return tuple(range(blocks_per_stage - 1, num_blocks, blocks_per_stage))
+    if isinstance(exits, int) and not isinstance(exits, bool) and exits >= 1:
+        chosen = set(range(exits - 1, num_blocks, exits)) | {num_blocks - 1}
+        return tuple(sorted(chosen))
+    if isinstance(exits, Sequence) and not isinstance(exits, str) and _block_indices(exits, num_blocks):
+        return tuple(sorted(set(exits) | {num_blocks - 1}))
+    stages = "'stages', " if blocks_per_stage is not None else ""
+    raise ConfigError(f"exits must be 'all', {stages}a positive int k or a list of distinct block "
+                      f"indices in [0, {num_blocks - 1}], got {exits!r}")
+
+
+def _block_indices(exits: Sequence[object], num_blocks: int) -> bool:
+    """Whether ``exits`` is a non-empty list of distinct ints in [0, num_blocks)."""
+    ints = all(isinstance(b, int) and not isinstance(b, bool) for b in exits)
+    return ints and len(exits) > 0 and len(set(exits)) == len(exits) and \
+        all(0 <= b < num_blocks for b in exits)

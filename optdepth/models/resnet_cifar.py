@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from optdepth.errors import ConfigError
-from optdepth.models.base import MultiExitModel, StepOutput, per_sample_norm
+from optdepth.models.base import (
+    ExitSpec,
+    MultiExitModel,
+    StepOutput,
+    exit_positions,
+    per_sample_norm,
+)
 from optdepth.models.registry import register_model
 
 
@@ -49,25 +55,6 @@ class ExitHead(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(h)), 1).flatten(1))
 
 
-def exit_positions(num_blocks: int, blocks_per_stage: int, exits: str | int) -> tuple[int, ...]:
-    """0-based block indices followed by an exit; the last block always has one.
-
-    Args:
-        num_blocks: total residual blocks.
-        blocks_per_stage: blocks in each of the three stages.
-        exits: ``"all"`` (every block), ``"stages"`` (end of each stage) or an int k
-            (every k-th block).
-    """
-    if exits == "all":
-        return tuple(range(num_blocks))
-    if exits == "stages":
-        return tuple(range(blocks_per_stage - 1, num_blocks, blocks_per_stage))
-    if isinstance(exits, int) and not isinstance(exits, bool) and exits >= 1:
-        chosen = set(range(exits - 1, num_blocks, exits)) | {num_blocks - 1}
-        return tuple(sorted(chosen))
-    raise ConfigError(f"exits must be 'all', 'stages' or a positive int k, got {exits!r}")
-
-
 class CifarResNet(MultiExitModel):
     """Multi-exit pre-activation ResNet with three stages of n blocks (depth 6n+2).
 
@@ -84,7 +71,7 @@ class CifarResNet(MultiExitModel):
     """
 
     def __init__(self, depth: int = 20, width: int = 1, in_channels: int = 1,
-                 num_classes: int = 10, image_size: int = 28, exits: str | int = "all",
+                 num_classes: int = 10, image_size: int = 28, exits: ExitSpec = "all",
                  stem_stride: int = 2) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:

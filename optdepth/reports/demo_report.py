@@ -114,7 +114,8 @@ def write_report(metrics: Mapping[str, Any], configs: Mapping[str, Any], path: P
     subset = "all 55,000" if sched["train_subset"] is None else f"the first {sched['train_subset']:,}"
     lines = [
         "# optdepth demo report", "",
-        f"Multi-exit ResNet-20 on Fashion-MNIST, `{sched['name']}` schedule: {sched['epochs']}"
+        f"Multi-exit `{configs['baseline'].model}` on Fashion-MNIST, `{sched['name']}` schedule:"
+        f" {sched['epochs']}"
         f" epochs on {subset} training images"
         f" ({'with' if sched['augment'] else 'without'} augmentation): a baseline (β = 0)"
         f" and an L_depth net (β = {sched['beta']:g},"

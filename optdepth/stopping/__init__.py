@@ -13,6 +13,8 @@ Public API:
     Evaluation: :func:`oracle_stop_times`, :func:`policy_value`.
     Exact chains: :func:`backward_induction`.
     Free boundaries of 1-D diffusions: :func:`solve_free_boundary`.
+    Continuous-depth bridge: :func:`fit_diffusion`, :func:`fit_logistic`, :func:`bridge`,
+    :func:`bridge_margin_process`, :func:`free_boundary_rule`, :func:`discrete_boundary_convergence`.
     Operating points: :func:`frontier`, :func:`operating_point`.
     Theory: :func:`fit_diminishing_returns`, :func:`depth_certificate`,
     :func:`simulate_residual_stopping`.
@@ -20,6 +22,17 @@ Public API:
 
 from ._validation import NotFittedError
 from .base import PolicyValue, StoppingPolicy, oracle_stop_times, policy_value
+from .bridge import (
+    BoundaryRule,
+    BridgeResult,
+    ConvergenceStudy,
+    bridge,
+    bridge_margin_process,
+    discrete_boundary_convergence,
+    free_boundary_rule,
+    margin_paths,
+)
+from .diffusion_fit import DiffusionFit, LogisticFit, fit_diffusion, fit_logistic
 from .exact import BackwardInductionResult, backward_induction
 from .free_boundary import FreeBoundary, FreeBoundarySolution, solve_free_boundary
 from .operating_points import Frontier, OperatingPoint, frontier, operating_point
@@ -37,6 +50,11 @@ from .theory import (
 __all__ = [
     "POLICIES",
     "BackwardInductionResult",
+    "BoundaryRule",
+    "BridgeResult",
+    "ConvergenceStudy",
+    "DiffusionFit",
+    "LogisticFit",
     "DiminishingReturnsFit",
     "FreeBoundary",
     "FreeBoundarySolution",
@@ -51,6 +69,13 @@ __all__ = [
     "StoppingPolicy",
     "ThresholdPolicy",
     "backward_induction",
+    "bridge",
+    "bridge_margin_process",
+    "discrete_boundary_convergence",
+    "fit_diffusion",
+    "fit_logistic",
+    "free_boundary_rule",
+    "margin_paths",
     "create_policy",
     "depth_certificate",
     "fit_diminishing_returns",

@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optdepth.data.source import DATASETS
 from optdepth.errors import ConfigError
 from optdepth.losses.depth import list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
 from optdepth.models.registry import list_models
+
+#: Optimizers the trainer builds: SGD with Nesterov momentum, or AdamW.
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class TrainConfig:
 
     Defaults train a multi-exit ResNet-20 on Fashion-MNIST well on two CPU cores: SGD with
     Nesterov momentum, a linear warm-up then cosine decay of the learning rate (per step).
+    ``optimizer="adamw"`` (for Transformers) uses ``momentum`` as AdamW's beta1 and exempts
+    norms and biases from weight decay.
     """
 
     model: str = "resnet20"
@@ -29,8 +35,15 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     train_subset: int | None = None  # use only the first n training images (smoke tests)
+    image_size: int | None = None  # imagefolder crop side (None: 224)
+    calibration_size: int | None = None  # held out of train (None: the dataset's default)
+    workers: int = 4  # imagefolder DataLoader workers per process
+    skip_bad_images: bool = False  # imagefolder: leave unreadable images out, logged
+    device: str | None = None  # "cuda" | "cpu" | "cuda:1" ...; None: cuda if available
+    amp: bool | None = None  # bf16 autocast + channels-last; None: on for cuda, off on cpu
     epochs: int = 24
     batch_size: int = 256
+    optimizer: str = "sgd"
     lr: float = 0.2
     lr_warmup_epochs: float = 0.5
     momentum: float = 0.9
@@ -59,8 +72,18 @@ class TrainConfig:
         if self.exit_weighting not in EXIT_WEIGHTINGS:
             raise ConfigError(f"unknown exit_weighting {self.exit_weighting!r}; "
                               f"choose one of {', '.join(EXIT_WEIGHTINGS)}")
-        if self.dataset != "fashion-mnist":
-            raise ConfigError(f"unknown dataset {self.dataset!r}; available: fashion-mnist")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        if self.dataset == "imagefolder" and self.data_dir is None:
+            raise ConfigError("dataset imagefolder needs data_dir (--data-dir D, with D/train and"
+                              " D/val in the ImageFolder layout)")
+        if self.dataset != "imagefolder" and self.image_size is not None:
+            raise ConfigError(f"image_size applies to the imagefolder dataset only ({self.dataset}"
+                              " images have a fixed size)")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def _check_numbers(self) -> None:
         positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -68,7 +91,9 @@ class TrainConfig:
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("train_subset", "threads"):
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
+        for name in ("train_subset", "threads", "image_size", "calibration_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")

@@ -23,16 +23,17 @@ import torch
 from tqdm.auto import tqdm
 
 from optdepth.checkpoints import load_checkpoint, save_checkpoint
-from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from optdepth.data.loader import iterate_batches, num_batches
-from optdepth.errors import CheckpointError, ConfigError, TrainingError
+from optdepth.data.source import SplitDataset, load_run_dataset
+from optdepth.errors import CheckpointError, ConfigError, OptDepthError, TrainingError
 from optdepth.evaluation.inference import forward_split
 from optdepth.io import write_json, write_text
 from optdepth.losses.depth import DepthRegularizer, create_regularizer
 from optdepth.losses.multi_exit import multi_exit_cross_entropy
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import create_model
+from optdepth.training import distributed
 from optdepth.training.config import TrainConfig
+from optdepth.training.distributed import DistContext
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -47,11 +48,18 @@ class TrainResult:
     run_dir: Path
 
 
-def build_model(config: TrainConfig, data: FashionMNIST) -> MultiExitModel:
-    """The config's model, with input channels, image size and classes taken from the data."""
-    _, channels, size, _ = data.train.images.shape
+def build_model(config: TrainConfig, data: SplitDataset, *,
+                load_weights: bool = True) -> MultiExitModel:
+    """The config's model, with input channels, image size and classes taken from the data.
+
+    ``load_weights=False`` drops a ``weights_path`` model argument (on resume the checkpoint
+    holds the weights, and the pretrained file need not exist any more).
+    """
+    channels, size, _ = data.train.image_shape
     kwargs = {"in_channels": channels, "image_size": size, "num_classes": len(data.classes),
               **config.model_kwargs}
+    if not load_weights:
+        kwargs.pop("weights_path", None)
     return create_model(config.model, **kwargs)
 
 
@@ -67,22 +75,43 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], f
     return factor
 
 
+def build_optimizer(model: MultiExitModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov, weight decay on every parameter) or AdamW (beta1 = ``config.momentum``).
+
+    AdamW decays only weight matrices and kernels: norms and biases are left alone, as is usual
+    for Transformers, since decaying them shrinks scales and offsets rather than limiting capacity.
+    """
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    plain = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
 class _Run:
     """State of one training run; :func:`train` drives it epoch by epoch."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, data: FashionMNIST) -> None:
-        self.config, self.run_dir, self.data = config, run_dir, data
+    def __init__(self, config: TrainConfig, run_dir: Path, data: SplitDataset,
+                 ctx: DistContext, resume: bool = False) -> None:
+        self.config, self.run_dir, self.data, self.ctx = config, run_dir, data, ctx
         self.train_split = data.train if config.train_subset is None else \
             data.train.subset(config.train_subset)
         torch.manual_seed(config.seed)
-        self.model = build_model(config, data)
+        self.model = build_model(config, data, load_weights=not resume).to(ctx.device)
+        # bf16 autocast and channels-last pay off on tensor-core GPUs; on CPU only if asked.
+        self.amp = ctx.device.type == "cuda" if config.amp is None else config.amp
+        self.memory_format = torch.channels_last if self.amp and ctx.device.type == "cuda" \
+            else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.net = distributed.wrap(self.model, ctx)  # DDP when several processes
         self.regularizer: DepthRegularizer = create_regularizer(
             config.regularizer, beta=config.beta, warmup_epochs=config.beta_warmup_epochs,
             **config.regularizer_kwargs)
-        self.steps_per_epoch = num_batches(len(self.train_split), config.batch_size)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
-                                         momentum=config.momentum, nesterov=config.momentum > 0,
-                                         weight_decay=config.weight_decay)
+        self.steps_per_epoch = self.train_split.num_batches(config.batch_size, ctx.world_size)
+        self.optimizer = build_optimizer(self.model, config)
         warmup = round(config.lr_warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(config.epochs * self.steps_per_epoch, warmup))
@@ -100,19 +129,26 @@ class _Run:
         self.history = list(ckpt["history"])
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
-        self.model.train()
+        self.net.train()
         sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
-        batches = iterate_batches(self.train_split, self.config.batch_size, shuffle=True,
-                                  augment=self.config.augment, seed=self.config.seed, epoch=epoch)
-        bar = tqdm(batches, total=self.steps_per_epoch, disable=not progress, leave=False,
-                   desc=f"epoch {epoch + 1}/{self.config.epochs}")
+        batches = self.train_split.batches(
+            self.config.batch_size, shuffle=True, augment=self.config.augment,
+            seed=self.config.seed, epoch=epoch, rank=self.ctx.rank,
+            world_size=self.ctx.world_size)
+        bar = tqdm(batches, total=self.steps_per_epoch, disable=not progress or not self.ctx.is_main,
+                   leave=False, desc=f"epoch {epoch + 1}/{self.config.epochs}")
+        steps = 0
         for i, (images, labels) in enumerate(bar):
-            out = self.model(images)
-            ce = multi_exit_cross_entropy(out.logits, labels, self.config.exit_weighting,
-                                          self.config.label_smoothing)
-            reg = self.regularizer(out, epoch=epoch + i / self.steps_per_epoch)
+            images = images.to(self.ctx.device, non_blocking=True,
+                               memory_format=self.memory_format)
+            labels = labels.to(self.ctx.device, non_blocking=True)
+            with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.net(images)
+                ce = multi_exit_cross_entropy(out.logits, labels, self.config.exit_weighting,
+                                              self.config.label_smoothing)
+                reg = self.regularizer(out, epoch=epoch + i / self.steps_per_epoch)
             loss = ce + reg
-            if not torch.isfinite(loss):
+            if not distributed.all_true(bool(torch.isfinite(loss)), self.ctx):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr or"
                     f" --beta. Earlier checkpoints in {self.run_dir} are intact.")
@@ -122,11 +158,22 @@ class _Run:
             self.scheduler.step()
             for key, value in (("loss", loss), ("ce", ce), ("reg", reg)):
                 sums[key] += float(value.detach())
+            steps += 1
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
-        return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+        means = {f"train_{k}": v / max(1, steps) for k, v in sums.items()}
+        return distributed.average(means, self.ctx)
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0 evaluates on calibration and writes the checkpoint; every rank gets the record."""
+        if self.ctx.is_main:
+            record = self._evaluate_and_save(epoch, record)
+        record = distributed.broadcast(record, self.ctx)
+        if not self.ctx.is_main:
+            self.history.append(record)
+        return record
+
+    def _evaluate_and_save(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
         cal = forward_split(self.model, self.data.calibration, self.config.eval_batch_size)
         accuracy = cal.exit_accuracy()
         record = {"epoch": epoch + 1, **record,
@@ -155,51 +202,91 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> TrainC
             raise CheckpointError(f"nothing to resume in {run_dir}: no checkpoints/last.pt. "
                                   "Start a new run without --resume.")
         return TrainConfig.from_file(config_path)
-    if config_path.exists() or (run_dir / "checkpoints").exists():
+    started = (run_dir / "checkpoints" / "last.pt").exists()
+    if started or (config_path.exists() and TrainConfig.from_file(config_path) != config):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or "
                           "choose another --out (earlier runs are never overwritten)")
+    # Same settings but no checkpoint: the run stopped inside its first epoch; nothing to keep.
     write_json(config_path, config.to_dict())
     return config
 
 
+def _resolve_config(config: TrainConfig, run_dir: Path, resume: bool,
+                    ctx: DistContext) -> TrainConfig:
+    """Rank 0 checks the folder and writes config.json; every rank gets the outcome."""
+    outcome: dict[str, Any] | OptDepthError | None = None
+    if ctx.is_main:
+        try:
+            outcome = _prepare_run_dir(config, run_dir, resume).to_dict()
+        except OptDepthError as exc:
+            if not ctx.distributed:
+                raise
+            outcome = exc
+    outcome = distributed.broadcast(outcome, ctx)
+    if isinstance(outcome, OptDepthError):
+        raise outcome
+    return TrainConfig.from_dict(outcome)
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, data: FashionMNIST | None = None,
+          progress: bool = True, data: SplitDataset | None = None,
           callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
     """Train a multi-exit model and write its run directory.
+
+    Under ``torchrun`` (several processes) the model trains with DistributedDataParallel:
+    ``config.batch_size`` is the global batch, split evenly across the processes; only rank 0
+    evaluates, logs and writes checkpoints, metrics and TensorBoard events; ``callbacks`` run
+    on every rank with the same record. A run may be resumed with another number of processes.
+    The device is this call's ``config.device`` (on resume too).
 
     Args:
         config: the run's settings (ignored on resume: the stored config.json is used).
         run_dir: output folder; must not already hold a run unless ``resume``.
         resume: continue from ``run_dir/checkpoints/last.pt``.
         progress: show tqdm progress bars.
-        data: preloaded data (else loaded from ``config.data_dir``).
+        data: preloaded data (else loaded as the config says: dataset, data_dir, ...).
         callbacks: called with each epoch's record after it is saved.
 
     Returns:
-        TrainResult with the model after the last epoch.
+        TrainResult with the model (unwrapped, on its training device) after the last epoch.
     """
     run_dir = Path(run_dir)
-    config = _prepare_run_dir(config, run_dir, resume)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    run = _Run(config, run_dir, data or load_fashion_mnist(config.data_dir))
-    if resume:
-        run.restore()
-        log.info("resuming %s after epoch %d", run_dir, len(run.history))
-    from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
-
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(run.history) + 1)
+    ctx = distributed.setup(config.device)
     try:
-        for epoch in range(len(run.history), config.epochs):
+        if not resume:  # before anything is written
+            distributed.check_batch_size(config.batch_size, ctx)
+        config = _resolve_config(config, run_dir, resume, ctx)
+        distributed.check_batch_size(config.batch_size, ctx)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        run = _Run(config, run_dir, data or load_run_dataset(config.to_dict()), ctx, resume)
+        if resume:
+            run.restore()
+            log.info("resuming %s after epoch %d", run_dir, len(run.history))
+        _run_epochs(run, progress, callbacks)
+    finally:
+        distributed.teardown(ctx)
+    return TrainResult(run.model, run.history, run_dir)
+
+
+def _run_epochs(run: _Run, progress: bool, callbacks: Sequence[EpochCallback]) -> None:
+    writer = None
+    if run.ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+
+        writer = SummaryWriter(str(run.run_dir / "tb"), purge_step=len(run.history) + 1)
+    try:
+        for epoch in range(len(run.history), run.config.epochs):
             start = time.perf_counter()
             stats = run.train_epoch(epoch, progress)
             record = run.end_epoch(epoch, {**stats, "seconds": time.perf_counter() - start})
-            _log_epoch(writer, record)
-            for callback in callbacks:
+            if writer is not None:
+                _log_epoch(writer, record)
+            for callback in callbacks:  # on every rank, so that a callback can stop them all
                 callback(record)
     finally:
-        writer.close()
-    return TrainResult(run.model, run.history, run_dir)
+        if writer is not None:
+            writer.close()
 
 
 def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
@@ -214,7 +301,7 @@ def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
              record["cal_accuracy"], record["seconds"])
 
 
-def train_or_resume(config: TrainConfig, run_dir: str | Path, *, data: FashionMNIST | None = None,
+def train_or_resume(config: TrainConfig, run_dir: str | Path, *, data: SplitDataset | None = None,
                     progress: bool = True) -> TrainResult:
     """Train into ``run_dir``, or continue (or just reload) the run there if it has ``config``.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from optdepth.demo import DEFAULT_BETA, SCHEDULES, run_demo
+from optdepth.demo import SCHEDULES, run_demo
 
 SMALL_OUTPUTS = ("metrics.json", "report.md", "exit_accuracy.png", "residual_decay.png",
                  "policy_curves.png", "exit_histograms.png")
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet56", help="a registered image model")
     parser.add_argument("--schedule", default="full", choices=sorted(SCHEDULES))
     parser.add_argument("--epochs", type=int, help="override the schedule's epochs")
-    parser.add_argument("--beta", type=float, default=DEFAULT_BETA)
+    parser.add_argument("--beta", type=float, help="L_depth weight (default: the demo's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", default="runs/deep_net", help="folder of the two runs")
     parser.add_argument("--results", default="benchmarks/results/deep_net")

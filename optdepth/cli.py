@@ -167,14 +167,13 @@ def _cmd_lm_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from optdepth.demo import DEFAULT_BETA, run_demo
+    from optdepth.demo import run_demo
 
     if args.model.startswith("lm"):  # the causal LM demo (lm, lm_small, lm_tiny)
         _cmd_lm_demo(args)
         return
-    beta = DEFAULT_BETA if args.beta is None else args.beta
     schedule = "quick" if args.quick else "full" if args.full else "demo"
-    metrics = run_demo(args.out, model=args.model, schedule=schedule, beta=beta, epochs=args.epochs,
+    metrics = run_demo(args.out, model=args.model, schedule=schedule, beta=args.beta, epochs=args.epochs,
                        data_dir=args.data_dir, threads=args.threads,
                        progress=not args.no_progress)
     for name, net in metrics["nets"].items():

@@ -26,18 +26,28 @@ CASES = [(name, FAST.get(name, {})) for name in optdepth.list_models()] + [
 ]
 
 
+def sample_input(model):
+    """Three inputs for ``model`` and the number of prediction rows they give.
+
+    Image models predict once per image; the causal LM predicts every next token, so its rows
+    are (batch x sequence) tokens.
+    """
+    if len(model.input_shape) == 1:  # token ids (B, S), S up to the context
+        return torch.randint(0, model.num_classes, (3, 8)), 3 * 8
+    return torch.randn(3, *model.input_shape), 3
+
+
 @pytest.mark.parametrize(("name", "overrides"), CASES, ids=lambda v: str(v))
 def test_multi_exit_contract(name, overrides):
     torch.manual_seed(0)
     model = optdepth.create_model(name, **overrides).eval()
-    c, h, w = model.input_shape
-    x = torch.randn(3, c, h, w)
+    x, rows = sample_input(model)
     out = model(x)
     t, blocks = model.num_exits, model.num_blocks
     assert isinstance(out, ExitOutputs)
-    assert out.logits.shape == (t, 3, model.num_classes)
-    assert out.residual_norms.shape == (blocks, 3)
-    assert out.state_norms.shape == (blocks, 3)
+    assert out.logits.shape == (t, rows, model.num_classes)
+    assert out.residual_norms.shape == (blocks, rows)
+    assert out.state_norms.shape == (blocks, rows)
     assert (out.residual_norms >= 0).all() and (out.state_norms > 0).all()
     assert len(model.exit_blocks) == t and model.exit_blocks[-1] == blocks - 1
 
@@ -48,7 +58,7 @@ def test_multi_exit_contract(name, overrides):
     # The partial forward matches the full forward on the exits it computes.
     k = t // 2
     part = model.forward_until(x, k)
-    assert part.logits.shape == (k + 1, 3, model.num_classes)
+    assert part.logits.shape == (k + 1, rows, model.num_classes)
     torch.testing.assert_close(part.logits, out.logits[: k + 1])
     torch.testing.assert_close(part.residual_norms, out.residual_norms[: part.residual_norms.shape[0]])
 

@@ -54,6 +54,20 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
     return ckpt
 
 
+def restore_training_state(path: Path, arch: str, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, scheduler: Any) -> list[dict[str, Any]]:
+    """Load a training checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place.
+
+    Returns:
+        The per-epoch history records stored with it.
+    """
+    ckpt = load_checkpoint(path, expected_arch=arch)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return list(ckpt["history"])
+
+
 def load_model(path: str | Path, expected_arch: str | None = None) -> MultiExitModel:
     """Rebuild a trained model from a checkpoint file or a run directory, in eval mode.
 

@@ -66,3 +66,67 @@ def write_imagefolder(root: Path, classes: tuple[str, ...] = ("ant", "bee", "cat
                 pixels[..., k % 3] += 150
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
     return root
+
+
+def train_on_noisy_data(model, data: FashionMNIST, optimizer, steps: int, batch: int = 64,
+                        eval_batch: int = 100):
+    """Train ``model`` for ``steps`` on synthetic images under heavy noise, then trace it.
+
+    Brief noisy training leaves early exits weak and late ones good, so that exit policies
+    spread samples over many exits. Returns (calibration, test) traces; the model ends in eval.
+    """
+    from optdepth.evaluation import collect_traces
+    from optdepth.losses import multi_exit_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    n = len(data.train.labels)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=g)
+        x = data.train.images[idx] + 0.8 * torch.randn(batch, *data.train.images.shape[1:],
+                                                       generator=g)
+        loss = multi_exit_cross_entropy(model(x).logits, data.train.labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return (collect_traces(model, data.calibration, "calibration", batch_size=eval_batch),
+            collect_traces(model, data.test, "test", batch_size=eval_batch))
+
+
+def policy_grid(name: str, cal, patience: tuple[int, ...] = (1, 2, 3)) -> list[float]:
+    """A few parameters of policy ``name`` that stop samples at different exits."""
+    if name == "max_prob":
+        return list(np.quantile(cal.features[:, :-1, 0], [0.3, 0.6, 0.9]))
+    if name == "entropy":
+        return list(-np.quantile(cal.features[:, :-1, 2], [0.1, 0.4, 0.7]))
+    return list(patience) if name == "patience" else [0.0, 0.05, 0.3]
+
+
+def assert_online_equals_offline(model, policy, data: FashionMNIST, test, label: str,
+                                 batch_sizes=((64, True), (7, False)), features: str = "close"):
+    """Real early exit gives exactly the offline exits and predictions; returns the exits used.
+
+    Checks every (batch size, refill) pair, the online features against the trace file's
+    (``features``: "close" to float32 rounding, "exact" bitwise, "skip" not at all), and a
+    lone-sample run on the first 20 samples.
+    """
+    from optdepth.inference import early_exit_predict, offline_exits
+
+    offline = offline_exits(policy, test)
+    for batch_size, refill in batch_sizes:
+        online = early_exit_predict(model, policy, data.test, batch_size, refill=refill,
+                                    record_features=features != "skip")
+        where = f"{label} batch {batch_size} refill {refill}"
+        np.testing.assert_array_equal(online.exit_index, offline.exit_index, err_msg=where)
+        np.testing.assert_array_equal(online.predictions, offline.predictions, err_msg=where)
+        if features != "skip":
+            reached = np.arange(model.num_exits)[None, :] <= online.exit_index[:, None]
+            assert np.isnan(online.features[~reached]).all()
+            tol = {"close": (1e-6, 1e-7), "exact": (0.0, 0.0)}[features]
+            np.testing.assert_allclose(online.features[reached], test.features[reached],
+                                       rtol=tol[0], atol=tol[1], err_msg=where)
+    alone = early_exit_predict(model, policy, data.test.subset(20), batch_size=1)
+    np.testing.assert_array_equal(alone.exit_index, offline.exit_index[:20], err_msg=label)
+    np.testing.assert_array_equal(alone.predictions, offline.predictions[:20], err_msg=label)
+    return set(offline.exit_index.tolist())

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_data
+from helpers import assert_online_equals_offline, policy_grid, tiny_data, train_on_noisy_data
 
 import optdepth
 from optdepth.errors import DataError
-from optdepth.evaluation import collect_traces
 from optdepth.inference import (
     EarlyExitResult,
     ExitPolicy,
@@ -41,25 +40,8 @@ def trained(one_thread):
     torch.manual_seed(0)
     model = optdepth.create_model("resnet20")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        idx = torch.randint(0, 512, (64,), generator=g)
-        x = data.train.images[idx] + 0.8 * torch.randn(64, 1, 28, 28, generator=g)
-        loss = optdepth.multi_exit_cross_entropy(model(x).logits, data.train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    cal = collect_traces(model, data.calibration, "calibration", batch_size=100)
-    test = collect_traces(model, data.test, "test", batch_size=100)
+    cal, test = train_on_noisy_data(model, data, opt, steps=40)
     return model, data, cal, test
-
-
-def _params(name, cal):
-    mp = np.quantile(cal.features[:, :-1, 0], [0.3, 0.6, 0.9])
-    ent = -np.quantile(cal.features[:, :-1, 2], [0.1, 0.4, 0.7])
-    return {"max_prob": mp, "entropy": ent, "patience": [1, 2, 3],
-            "lsm": [0.0, 0.05, 0.3], "osla": [0.0, 0.05, 0.3]}[name]
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +49,14 @@ def policies(trained):
     _, _, cal, _ = trained
     ctx = FitContext.from_traces(cal, folds=5)
     return [(name, p, fit_exit_policy(name, ctx, float(p)))
-            for name in list_exit_policies() for p in _params(name, cal)]
+            for name in list_exit_policies() for p in policy_grid(name, cal)]
 
 
 def test_online_equals_offline_for_every_policy(trained, policies):
     model, data, _, test = trained
     used = set()
     for name, param, policy in policies:
-        offline = offline_exits(policy, test)
-        used |= set(offline.exit_index.tolist())
-        for batch_size, refill in ((64, True), (7, False)):
-            online = early_exit_predict(model, policy, data.test, batch_size, refill=refill,
-                                        record_features=True)
-            label = f"{name}({param:.3g}) batch {batch_size} refill {refill}"
-            np.testing.assert_array_equal(online.exit_index, offline.exit_index, err_msg=label)
-            np.testing.assert_array_equal(online.predictions, offline.predictions, err_msg=label)
-            reached = np.arange(model.num_exits)[None, :] <= online.exit_index[:, None]
-            assert np.isnan(online.features[~reached]).all()
-            np.testing.assert_allclose(online.features[reached], test.features[reached],
-                                       rtol=1e-6, atol=1e-7, err_msg=label)
-        alone = early_exit_predict(model, policy, data.test.subset(20), batch_size=1)
-        np.testing.assert_array_equal(alone.exit_index, offline.exit_index[:20])
+        used |= assert_online_equals_offline(model, policy, data, test, f"{name}({param:.3g})")
     assert len(used) >= 4, f"policies used only exits {sorted(used)}: the test would be weak"
 
 

@@ -5,15 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_data
+from helpers import assert_online_equals_offline, policy_grid, tiny_data, train_on_noisy_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_inference import _params
 
 import optdepth
 from optdepth.errors import ConfigError, DataError
-from optdepth.evaluation import collect_traces
-from optdepth.inference import early_exit_predict, fit_exit_policy, list_exit_policies, offline_exits
+from optdepth.inference import fit_exit_policy, list_exit_policies
 from optdepth.inference.policies import FitContext
 from optdepth.losses.depth import KineticPenalty
 from optdepth.models import ExitOutputs
@@ -177,19 +175,9 @@ def test_kinetic_is_registered_and_trains():
 def trained_ode():
     data = tiny_data(384, 192, 128)
     model = tiny()
-    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(30):
-        idx = torch.randint(0, 384, (48,), generator=g)
-        x = data.train.images[idx] + 0.8 * torch.randn(48, 1, 28, 28, generator=g)
-        loss = optdepth.multi_exit_cross_entropy(model(x).logits, data.train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return (model, data, collect_traces(model, data.calibration, "calibration", 96),
-            collect_traces(model, data.test, "test", 96))
+    cal, test = train_on_noisy_data(model, data, opt, steps=30, batch=48, eval_batch=96)
+    return model, data, cal, test
 
 
 def test_online_equals_offline_for_every_policy_on_a_neural_ode(trained_ode):
@@ -197,15 +185,11 @@ def test_online_equals_offline_for_every_policy_on_a_neural_ode(trained_ode):
     ctx = FitContext.from_traces(cal, folds=4)
     used = set()
     for name in list_exit_policies():
-        for param in np.asarray(_params(name, cal))[[0, -1]]:  # two points per policy: time
+        for param in np.asarray(policy_grid(name, cal))[[0, -1]]:  # two points per policy: time
             policy = fit_exit_policy(name, ctx, float(param))
-            offline = offline_exits(policy, test)
-            used |= set(offline.exit_index.tolist())
-            for batch_size, refill in ((32, True), (5, False)):
-                online = early_exit_predict(model, policy, data.test, batch_size, refill=refill)
-                label = f"{name}({param:.3g}) batch {batch_size}"
-                np.testing.assert_array_equal(online.exit_index, offline.exit_index, err_msg=label)
-                np.testing.assert_array_equal(online.predictions, offline.predictions, err_msg=label)
+            used |= assert_online_equals_offline(model, policy, data, test, f"{name}({param:.3g})",
+                                                 batch_sizes=((32, True), (5, False)),
+                                                 features="skip")
     assert len(used) >= 3, f"policies used only exits {sorted(used)}: the test would be weak"
 
 

@@ -3,16 +3,14 @@ AdamW training and the L_depth interface on its outputs."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from helpers import tiny_data
+from helpers import assert_online_equals_offline, policy_grid, tiny_data, train_on_noisy_data
 from torch.utils.flop_counter import FlopCounterMode
 
 import optdepth
 from optdepth.errors import ConfigError
-from optdepth.evaluation import collect_traces
-from optdepth.inference import early_exit_predict, fit_exit_policy, list_exit_policies, offline_exits
+from optdepth.inference import fit_exit_policy, list_exit_policies
 from optdepth.inference.policies import FitContext
 from optdepth.losses.depth import create_regularizer, list_regularizers
 from optdepth.models.vit import VisionTransformer
@@ -133,25 +131,8 @@ def trained_vit(one_thread):
     torch.manual_seed(0)
     model = optdepth.create_model("vit", **TINY_VIT)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        idx = torch.randint(0, 512, (64,), generator=g)
-        x = data.train.images[idx] + 0.8 * torch.randn(64, 1, 28, 28, generator=g)
-        loss = optdepth.multi_exit_cross_entropy(model(x).logits, data.train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    cal = collect_traces(model, data.calibration, "calibration", batch_size=100)
-    test = collect_traces(model, data.test, "test", batch_size=100)
+    cal, test = train_on_noisy_data(model, data, opt, steps=60)
     return model, data, cal, test
-
-
-def _params(name, cal):
-    mp = np.quantile(cal.features[:, :-1, 0], [0.3, 0.6, 0.9])
-    ent = -np.quantile(cal.features[:, :-1, 2], [0.1, 0.4, 0.7])
-    return {"max_prob": mp, "entropy": ent, "patience": [1, 2],
-            "lsm": [0.0, 0.05, 0.3], "osla": [0.0, 0.05, 0.3]}[name]
 
 
 def test_online_equals_offline_for_every_policy(trained_vit):
@@ -159,22 +140,10 @@ def test_online_equals_offline_for_every_policy(trained_vit):
     ctx = FitContext.from_traces(cal, folds=5)
     used = set()
     for name in list_exit_policies():
-        for param in _params(name, cal):
+        for param in policy_grid(name, cal, patience=(1, 2)):
             policy = fit_exit_policy(name, ctx, float(param))
-            offline = offline_exits(policy, test)
-            used |= set(offline.exit_index.tolist())
-            for batch_size, refill in ((64, True), (7, False)):
-                online = early_exit_predict(model, policy, data.test, batch_size, refill=refill,
-                                            record_features=True)
-                label = f"{name}({param:.3g}) batch {batch_size} refill {refill}"
-                np.testing.assert_array_equal(online.exit_index, offline.exit_index, err_msg=label)
-                np.testing.assert_array_equal(online.predictions, offline.predictions, err_msg=label)
-                reached = np.arange(model.num_exits)[None, :] <= online.exit_index[:, None]
-                np.testing.assert_array_equal(online.features[reached], test.features[reached],
-                                              err_msg=label)
-            alone = early_exit_predict(model, policy, data.test.subset(20), batch_size=1)
-            np.testing.assert_array_equal(alone.exit_index, offline.exit_index[:20])
-            np.testing.assert_array_equal(alone.predictions, offline.predictions[:20])
+            used |= assert_online_equals_offline(model, policy, data, test, f"{name}({param:.3g})",
+                                                 features="exact")
     assert len(used) >= 3, f"policies used only exits {sorted(used)}: the test would be weak"
 
 

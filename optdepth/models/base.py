@@ -156,6 +156,25 @@ class MultiExitModel(nn.Module):
         return (flops / flops[-1]).to(torch.float32)
 
 
+class BlockStackModel(MultiExitModel):
+    """A multi-exit model whose ``blocks`` run in sequence and whose ``heads[-1]`` is the last exit.
+
+    Each block maps a state to a tuple whose first entry is the next state; ``heads`` holds one
+    head per exit. This gives every such model the same head-free full-depth path.
+    """
+
+    blocks: nn.ModuleList
+    heads: nn.ModuleList
+
+    def forward_final(self, x: Tensor) -> Tensor:
+        """(B, classes) last-exit logits from the stem, every block and the last head only."""
+        self.check_input(x)
+        state = self.stem(x)
+        for block in self.blocks:
+            state = block(state)[0]
+        return self.heads[-1](state)
+
+
 def per_sample_norm(x: Tensor) -> Tensor:
     """(B, ...) -> (B,) Euclidean norm of each sample, computed in float32."""
     return x.flatten(1).float().norm(dim=1)

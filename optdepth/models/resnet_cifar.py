@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from optdepth.errors import ConfigError
 from optdepth.models.base import (
+    BlockStackModel,
     ExitSpec,
-    MultiExitModel,
     StepOutput,
     exit_positions,
     per_sample_norm,
@@ -55,7 +55,7 @@ class ExitHead(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(h)), 1).flatten(1))
 
 
-class CifarResNet(MultiExitModel):
+class CifarResNet(BlockStackModel):
     """Multi-exit pre-activation ResNet with three stages of n blocks (depth 6n+2).
 
     Args:
@@ -112,14 +112,6 @@ class CifarResNet(MultiExitModel):
 
     def stem(self, x: Tensor) -> Tensor:
         return self.conv_in(x)  # (B, 16w, H/stem_stride, W/stem_stride)
-
-    def forward_final(self, x: Tensor) -> Tensor:
-        """(B, classes) last-exit logits from the stem, every block and the last head only."""
-        self.check_input(x)
-        state = self.stem(x)
-        for block in self.blocks:
-            state = block(state)[0]
-        return self.heads[-1](state)
 
     def step(self, state: Tensor, t: int) -> StepOutput:
         start, stop = self._segments[t]

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from optdepth.errors import ConfigError
-from optdepth.models.base import ExitSpec, MultiExitModel, StepOutput, exit_positions, per_sample_norm
+from optdepth.models.base import BlockStackModel, ExitSpec, StepOutput, exit_positions, per_sample_norm
 from optdepth.models.registry import register_model
 
 
@@ -84,7 +84,7 @@ class ExitHead(nn.Module):
         return self.fc(self.norm(x.mean(dim=1)))
 
 
-class VisionTransformer(MultiExitModel):
+class VisionTransformer(BlockStackModel):
     """Multi-exit ViT: patch embedding + learned position embedding, ``depth`` pre-norm blocks.
 
     Args:
@@ -136,14 +136,6 @@ class VisionTransformer(MultiExitModel):
         # Contiguous, so every later state is too: the engine's index_select returns contiguous
         # copies, and a strided token mean sums in another order (measured: 3e-8 in the logits).
         return (tokens + self.pos_embed).contiguous()
-
-    def forward_final(self, x: Tensor) -> Tensor:
-        """(B, classes) last-exit logits from the stem, every block and the last head only."""
-        self.check_input(x)
-        state = self.stem(x)
-        for block in self.blocks:
-            state = block(state)[0]
-        return self.heads[-1](state)
 
     def step(self, state: Tensor, t: int) -> StepOutput:
         start, stop = self._segments[t]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from optdepth.checkpoints import load_checkpoint, load_model, save_checkpoint
+from optdepth.checkpoints import load_model, restore_training_state, save_checkpoint
 from optdepth.data.text import TextCorpus, TextSplit, eval_windows, load_text_corpus, random_windows
 from optdepth.errors import CheckpointError, ConfigError, TrainingError
 from optdepth.evaluation.evaluate import summarize
@@ -171,11 +171,8 @@ class _LMRun:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def restore(self) -> None:
-        ckpt = load_checkpoint(self.checkpoint_path, expected_arch=self.config.model)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.history = list(ckpt["history"])
+        self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
+                                              self.optimizer, self.scheduler)
 
     def loss(self, epoch: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Total loss, multi-exit CE and β·L_depth on one batch of random windows."""

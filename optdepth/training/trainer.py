@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from optdepth.checkpoints import load_checkpoint, save_checkpoint
+from optdepth.checkpoints import restore_training_state, save_checkpoint
 from optdepth.data.source import SplitDataset, load_run_dataset
 from optdepth.errors import CheckpointError, ConfigError, OptDepthError, TrainingError
 from optdepth.evaluation.inference import forward_split
@@ -122,11 +122,8 @@ class _Run:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def restore(self) -> None:
-        ckpt = load_checkpoint(self.checkpoint_path, expected_arch=self.config.model)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.history = list(ckpt["history"])
+        self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
+                                              self.optimizer, self.scheduler)
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         self.net.train()

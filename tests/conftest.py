@@ -21,3 +21,13 @@ def tiny():
     from helpers import tiny_data
 
     return tiny_data()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small models: on two shared cores two threads stall
+    several-fold whenever anything else runs; the previous count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ from optdepth.training.distributed import DistContext, check_batch_size
 RTOL = 1e-4  # losses and weights, DDP against one process (see the module docstring)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on two shared cores, two threads slow these small convolutions ~5x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_for(folder):

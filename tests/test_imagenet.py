@@ -23,13 +23,7 @@ from optdepth.training import TrainConfig, train
 SMALL = 32  # image side in training tests (resnet18 at 32x32: ~0.5 s per step of 8 on one thread)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on two shared cores, two threads slow these small convolutions ~5x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ from optdepth.inference.policies import FitContext
 from optdepth.stopping import NotFittedError, ThresholdPolicy
 from optdepth.traces import FEATURES
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests are small, and two threads stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

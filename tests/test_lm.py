@@ -24,13 +24,7 @@ from optdepth.traces import FEATURES, step_features
 MAX_PROB = FEATURES.index("max_prob")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is several times faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_lm(seed: int = 0, **kwargs) -> CausalLM:

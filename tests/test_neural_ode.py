@@ -17,13 +17,7 @@ from optdepth.losses.depth import KineticPenalty
 from optdepth.models import ExitOutputs
 from optdepth.models.neural_ode import NeuralODEClassifier, depth_grid
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> NeuralODEClassifier:

@@ -20,12 +20,7 @@ from optdepth.training.trainer import build_optimizer
 TINY_VIT = {"depth": 4, "dim": 32, "heads": 2, "patch_size": 7}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_block_is_an_exact_residual_process():

@@ -6,20 +6,27 @@ the calibration split and records its test accuracy and mean compute at the iso-
 (what issue 4 asks L_depth to lower), and writes a JSON summary.
 
     python benchmarks/ablate_ldepth.py --variants none relative:0.5 distill:1.0 \
-        --epochs 5 --no-augment --threads 1 --runs runs/ablation
+        --epochs 5 --no-augment --threads 1 --runs runs/ablation --seeds 0 1 2
 
 A variant is ``none`` (β = 0) or ``NAME:BETA`` with NAME from optdepth.list_regularizers().
+Run ``--runs/LABEL/seedS`` trains variant LABEL with seed S (initialisation and batch order; the
+calibration split is the same for every seed). With several seeds the summary also gives, per
+variant and policy, each seed's iso-accuracy compute over the baseline's (``none``) compute with
+the same seed, and the median and spread of those paired ratios: seed-to-seed noise in the
+iso-accuracy compute is as large as the effect L_depth is asked to show, so one seed proves
+nothing either way.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 import optdepth
@@ -54,6 +61,7 @@ def main() -> None:
                                                            "decay_hinge:0.5", "distill:1.0"])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", default="runs/ablation", help="folder of the per-variant runs")
     parser.add_argument("--out", default="benchmarks/results/ablate_ldepth.json")
@@ -61,29 +69,77 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     data = load_fashion_mnist()
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for text in args.variants:
         label, name, beta = parse_variant(text)
-        config = TrainConfig(epochs=args.epochs, augment=not args.no_augment, regularizer=name,
-                             beta=beta, threads=args.threads)
-        start = time.perf_counter()
-        run = Path(args.runs) / label
-        train_or_resume(config, run, data=data, progress=False)
-        summary = optdepth.evaluate_run(run, data=data, progress=False)
-        results[label] = {"regularizer": name, "beta": beta, "iso_accuracy": iso_points(run),
-                          "final_exit_accuracy": summary["exit_accuracy"][-1],
-                          "exit_accuracy": summary["exit_accuracy"],
-                          "relative_residual_norm": summary["relative_residual_norm"],
-                          **summary["decay_fit"], "seconds": time.perf_counter() - start}
-        iso = results[label]["iso_accuracy"]
-        print(f"{label:>18}: final exit {100 * results[label]['final_exit_accuracy']:.2f}%, "
-              f"rho {results[label]['rho']:.3f}, K {results[label]['K']:.2f}, iso compute "
-              + ", ".join(f"{n} {v['mean_compute']:.3f}" for n, v in iso.items()), flush=True)
+        results[label] = {"regularizer": name, "beta": beta, "seeds": {}}
+        for seed in args.seeds:
+            config = TrainConfig(epochs=args.epochs, augment=not args.no_augment, regularizer=name,
+                                 beta=beta, threads=args.threads, seed=seed)
+            record = run_variant(config, Path(args.runs) / label / f"seed{seed}", data)
+            results[label]["seeds"][str(seed)] = record
+            iso = record["iso_accuracy"]
+            print(f"{label:>18} seed {seed}: final exit {100 * record['final_exit_accuracy']:.2f}%,"
+                  f" rho {record['rho']:.3f}, K {record['K']:.2f}, iso compute "
+                  + ", ".join(f"{n} {v['mean_compute']:.3f}" for n, v in iso.items()), flush=True)
+    if "none" in results:
+        add_paired_ratios(results, results["none"])
     write_json(args.out, {"epochs": args.epochs, "augment": not args.no_augment,
-                          "threads": args.threads, "torch": torch.__version__,
+                          "threads": args.threads, "seeds": args.seeds,
+                          "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine(),
                           "variants": results})
-    print(json.dumps({k: round(v["final_exit_accuracy"], 4) for k, v in results.items()}))
+    print_summary(results)
+
+
+def run_variant(config: TrainConfig, run: Path, data) -> dict[str, Any]:
+    """Train (or reuse) one run, evaluate it and fit every policy: the per-seed record."""
+    start = time.perf_counter()
+    train_or_resume(config, run, data=data, progress=False)
+    summary = optdepth.evaluate_run(run, data=data, progress=False)
+    return {"iso_accuracy": iso_points(run), "final_exit_accuracy": summary["exit_accuracy"][-1],
+            "exit_accuracy": summary["exit_accuracy"],
+            "relative_residual_norm": summary["relative_residual_norm"],
+            **summary["decay_fit"], "seconds": time.perf_counter() - start}
+
+
+def add_paired_ratios(results: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> None:
+    """Per variant and policy: iso compute / baseline iso compute, paired by seed.
+
+    Adds ``compute_ratio`` = {policy: {"per_seed": {seed: ratio}, "median", "min", "max"}} and
+    ``final_exit_delta`` (accuracy minus the same seed's baseline, in points) to each variant
+    that shares at least one seed with the baseline.
+    """
+    for record in results.values():
+        seeds = [s for s in record["seeds"] if s in baseline["seeds"]]
+        if not seeds:
+            continue
+        policies = record["seeds"][seeds[0]]["iso_accuracy"]
+        ratios = {}
+        for policy in policies:
+            per_seed = {s: record["seeds"][s]["iso_accuracy"][policy]["mean_compute"]
+                        / baseline["seeds"][s]["iso_accuracy"][policy]["mean_compute"]
+                        for s in seeds}
+            values = list(per_seed.values())
+            ratios[policy] = {"per_seed": per_seed, "median": float(np.median(values)),
+                              "min": min(values), "max": max(values)}
+        record["compute_ratio"] = ratios
+        record["final_exit_delta"] = {
+            s: 100 * (record["seeds"][s]["final_exit_accuracy"]
+                      - baseline["seeds"][s]["final_exit_accuracy"]) for s in seeds}
+
+
+def print_summary(results: dict[str, dict[str, Any]]) -> None:
+    """One line per variant: median (min-max) paired compute ratio for LSM, OSLA, max_prob."""
+    for label, record in results.items():
+        if "compute_ratio" not in record or label == "none":
+            continue
+        ratio = record["compute_ratio"]
+        deltas = list(record["final_exit_delta"].values())
+        print(f"{label:>18} / none over {len(deltas)} seeds: "
+              + ", ".join(f"{p} {ratio[p]['median']:.3f} ({ratio[p]['min']:.3f}-"
+                          f"{ratio[p]['max']:.3f})" for p in ("lsm", "osla", "max_prob"))
+              + f"; final exit {np.median(deltas):+.2f} points (median)", flush=True)
 
 
 if __name__ == "__main__":

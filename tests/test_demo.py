@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,15 @@ def test_other_settings_in_the_same_folder_are_refused(demo_dir):
     assert proc.returncode == 2
     assert "holds a run with other settings" in proc.stderr and "Traceback" not in proc.stderr
     assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["baseline", "ldepth"])
+def test_full_schedule_config_files_are_the_demo_full_schedule(name):
+    """configs/full_*.toml train exactly the nets `optdepth demo --full --threads 1` trains, so
+    runs trained side by side from them are picked up by the demo instead of refused."""
+    from optdepth.demo import DEFAULT_BETA, SCHEDULES, demo_configs
+    from optdepth.training import TrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"full_{name}.toml"
+    expected = demo_configs(SCHEDULES["full"], DEFAULT_BETA, None, 1)[name]
+    assert TrainConfig.from_file(path) == expected

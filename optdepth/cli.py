@@ -81,7 +81,8 @@ def _add_demo(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
     group.add_argument("--full", action="store_true",
-                       help="the full schedule: 30 epochs with augmentation, linear exit weights (~2 h)")
+                       help="the full schedule: 30 epochs with augmentation and linear exit"
+                       " weights (about an hour on two quiet cores)")
     p.add_argument("--epochs", type=int, help="override the schedule's epochs")
     p.add_argument("--beta", type=float, help="L_depth weight of the second net")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")

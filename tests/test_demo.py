@@ -57,12 +57,12 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
 
 def test_rerun_resumes_without_retraining(demo_dir):
     from optdepth.data import load_fashion_mnist
-    from optdepth.demo import DEFAULT_BETA, SCHEDULES, demo_configs
+    from optdepth.demo import SCHEDULES, demo_configs
     from optdepth.training import train_or_resume
 
     run = demo_dir / "runs" / "ldepth"
     before = (run / "metrics.jsonl").read_text()
-    config = demo_configs(SCHEDULES["quick"], DEFAULT_BETA, None, None)["ldepth"]
+    config = demo_configs(SCHEDULES["quick"], None, None, None)["ldepth"]
     result = train_or_resume(config, run, data=load_fashion_mnist(), progress=False)
     assert len(result.history) == config.epochs
     assert (run / "metrics.jsonl").read_text() == before
@@ -82,9 +82,9 @@ def test_other_settings_in_the_same_folder_are_refused(demo_dir):
 def test_full_schedule_config_files_are_the_demo_full_schedule(name):
     """configs/full_*.toml train exactly the nets `optdepth demo --full --threads 1` trains, so
     runs trained side by side from them are picked up by the demo instead of refused."""
-    from optdepth.demo import DEFAULT_BETA, SCHEDULES, demo_configs
+    from optdepth.demo import SCHEDULES, demo_configs
     from optdepth.training import TrainConfig
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"full_{name}.toml"
-    expected = demo_configs(SCHEDULES["full"], DEFAULT_BETA, None, 1)[name]
+    expected = demo_configs(SCHEDULES["full"], None, None, 1)[name]
     assert TrainConfig.from_file(path) == expected

@@ -9,7 +9,8 @@ full-depth inference (stem + every block + the last head), batch 256, interleave
 median of per-repeat ratios. It also measures the time share of each exit (stem + segments up
 to it, per sample, at the same batch size) next to its FLOP share: where early blocks are
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock
-saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost) says how much is possible.
+saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost, from
+:func:`optdepth.inference.exit_time_shares`) says how much is possible.
 
 Give two runs (baseline first, then L_depth) to also get the ratio of their iso-accuracy
 compute under each policy. Run from the repository root with nothing else busy::
@@ -23,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,34 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def exit_time_fractions(model: Any, images: Any, repeats: int = 5) -> list[float]:
-    """Cumulative time to reach and evaluate each exit, as a fraction of the final-head pass.
-
-    Times the stem and each segment (``model.step``) on one batch, median of ``repeats``.
-    """
-    import torch
-
-    def median_time(fn: Any) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    with torch.inference_mode():
-        states = [model.stem(images)]
-        for t in range(model.num_exits):
-            states.append(model.step(states[-1], t).state)
-        cumulative = median_time(lambda: model.stem(images))
-        fractions = []
-        for t in range(model.num_exits):
-            cumulative += median_time(lambda t=t: model.step(states[t], t))
-            fractions.append(cumulative)
-        full = median_time(lambda: model.forward_final(images))
-    return [f / full for f in fractions]
-
-
 def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     """All policies on one run: iso-accuracy figures, online == offline check, wall time."""
     import numpy as np
@@ -94,6 +65,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.inference import (
         early_exit_predict,
         evaluate_policies,
+        exit_time_shares,
         gap_summary,
         measure_wall_speedup,
         offline_exits,
@@ -127,11 +99,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             record["exit_index"] = np.bincount(offline.exit_index,
                                                minlength=model.num_exits).tolist()
         policies[name] = record
-    fractions = exit_time_fractions(model, split.images[: args.batch_size], args.repeats)
-    for record in policies.values():
-        if "exit_index" in record:
-            counts = np.array(record["exit_index"])
-            record["ideal_wall_speedup"] = float(counts.sum() / (counts @ np.array(fractions)))
+    fractions = exit_time_shares(model, split.images[: args.batch_size], args.repeats).tolist()
     return {"final_exit_test_accuracy": float(test.exit_accuracy()[-1]),
             "exit_costs": [float(c) for c in test.exit_costs],
             "exit_time_fraction": fractions, "policies": policies,
@@ -151,7 +119,7 @@ def report(name: str, result: dict[str, Any]) -> None:
         print(f"  {policy:9s} {rec['param']:9.4g} {100 * iso['accuracy']:8.2f} "
               f"{iso['mean_compute']:8.4f} {1 / iso['mean_compute']:8.2f} "
               f"{_fmt(timing.get('wall_speedup'))} {_fmt(timing.get('wall_over_compute'), 8)} "
-              f"{_fmt(rec.get('ideal_wall_speedup'))} "
+              f"{_fmt(timing.get('ideal_wall_speedup'))} "
               f"{str(rec.get('online_matches_offline', '-')):>14s}")
     gap = result["gap"]
     if gap["compute_saving_vs_rule"] is not None:

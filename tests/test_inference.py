@@ -12,6 +12,7 @@ from optdepth.inference import (
     ExitPolicy,
     TraceSource,
     early_exit_predict,
+    exit_time_shares,
     fit_exit_policy,
     full_depth_predict,
     list_exit_policies,
@@ -156,6 +157,19 @@ def test_bad_inputs_are_clear_errors(trained, policies):
         early_exit_predict(stages, policy, data.test)
 
 
+def test_exit_time_shares_are_cumulative_fractions_of_the_full_pass(trained):
+    model = trained[0]
+    shares = exit_time_shares(model, trained[1].test.images[:32], repeats=3)
+    assert shares.shape == (model.num_exits,) and np.all(np.diff(shares) > 0)
+    # the last exit runs every block plus every head and norm: about the full pass, not 9 of it
+    assert 0.5 < shares[-1] < 3.0
+    was_training = model.training
+    model.train()
+    exit_time_shares(model, trained[1].test.images[:4], repeats=1)
+    assert model.training  # its mode is restored
+    model.train(was_training)
+
+
 def test_exit_policy_is_a_stopping_policy_with_a_source(trained, policies):
     _, _, cal, _ = trained
     for name, _, policy in policies:
@@ -176,6 +190,9 @@ def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
     assert report["wall_speedup"] > 0 and report["wall_speedup_all_exits"] > 0
     assert report["compute_speedup"] == pytest.approx(1 / report["mean_compute"])
     assert report["repeats"] == 1 and report["n_samples"] == 64
+    shares = np.asarray(report["exit_time_share"])
+    exits = early_exit_predict(model, policy, split, 16).exit_index
+    assert report["ideal_wall_speedup"] == pytest.approx(1 / shares[exits].mean())
     with pytest.raises(ValueError, match="repeats must be a positive integer"):
         measure_wall_speedup(model, policy, split, repeats=0)
     with pytest.raises(ValueError, match="empty"):

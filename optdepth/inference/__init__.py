@@ -7,7 +7,8 @@ Public API:
     :func:`list_exit_policies`.
     Evaluation: :func:`evaluate_policies` (curves and iso-accuracy points of every policy,
     :class:`PolicyEvaluation`), :func:`iso_accuracy_index`, :func:`gap_summary`.
-    Timing: :func:`measure_wall_speedups`, :func:`measure_wall_speedup`, :func:`full_depth_predict`.
+    Timing: :func:`measure_wall_speedups`, :func:`measure_wall_speedup`, :func:`full_depth_predict`,
+    :func:`exit_time_shares`.
 """
 
 from optdepth.inference.engine import EarlyExitResult, early_exit_predict, offline_exits
@@ -27,7 +28,12 @@ from optdepth.inference.suite import (
     iso_accuracy_index,
     oracle_exits,
 )
-from optdepth.inference.timing import full_depth_predict, measure_wall_speedup, measure_wall_speedups
+from optdepth.inference.timing import (
+    exit_time_shares,
+    full_depth_predict,
+    measure_wall_speedup,
+    measure_wall_speedups,
+)
 
 __all__ = [
     "EXIT_POLICIES",
@@ -39,6 +45,7 @@ __all__ = [
     "TraceSource",
     "early_exit_predict",
     "evaluate_policies",
+    "exit_time_shares",
     "fit_exit_policy",
     "full_depth_predict",
     "gap_summary",

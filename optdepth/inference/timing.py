@@ -10,6 +10,12 @@ multi-exit forward, and the result says which baseline was timed.
 Timing follows the project's rules for benchmarks on shared CPUs: the two sides are interleaved
 (A B C A B C ...), each side runs once untimed first, and the median of the per-pair ratios is
 reported together with the torch thread count.
+
+Where early blocks are slower per FLOP than late ones (on CPUs, the wide shallow activations of
+the first stage), no engine can turn a compute saving into the same wall-clock saving.
+:func:`exit_time_shares` measures the time to reach each exit as a share of the full-depth
+pass, and each record's ``ideal_wall_speedup`` (1 / the mean time share of the exits taken)
+is the speed-up a zero-overhead engine would get on this hardware.
 """
 
 from __future__ import annotations
@@ -67,10 +73,43 @@ def full_depth_predict(model: MultiExitModel, data: Split | Tensor, batch_size: 
     return torch.cat(out).numpy().astype(np.int64)
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[[], Any], device: torch.device | None = None) -> float:
     start = time.perf_counter()
     fn()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels are asynchronous: wait before reading the clock
     return time.perf_counter() - start
+
+
+def exit_time_shares(model: MultiExitModel, images: Tensor, repeats: int = 5) -> np.ndarray:
+    """(T,) time to reach and evaluate each exit, as a share of the final-head full-depth pass.
+
+    Times the stem and each segment (``model.step``) on one batch (``images``, (B, C, H, W),
+    the timed batch size), median of ``repeats`` runs each, in eval and inference mode. Compare
+    it with ``model.exit_costs()`` (the FLOP shares): a ratio above 1 at early exits means
+    early blocks cost more time per FLOP than the net's average.
+    """
+    device = next(model.parameters()).device
+    images = images.to(device)
+    was_training = model.training
+    model.eval()
+
+    def median_time(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up
+        return statistics.median(_timed(fn, device) for _ in range(repeats))
+
+    try:
+        with torch.inference_mode():
+            states = [model.stem(images)]
+            for t in range(model.num_exits):
+                states.append(model.step(states[-1], t).state)
+            segments = [median_time(lambda: model.stem(images))]
+            segments += [median_time(lambda t=t: model.step(states[t], t))
+                         for t in range(model.num_exits)]
+            full = median_time(lambda: model.forward_final(images))
+    finally:
+        model.train(was_training)
+    return np.cumsum(segments)[1:] / full
 
 
 def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, StoppingPolicy],
@@ -96,14 +135,16 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         name -> dict: ``wall_speedup`` (against the final-head baseline),
         ``wall_speedup_all_exits`` (against ``model(x)``; None unless ``all_exits``), median
         seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
-        ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``accuracy_full_depth``
+        ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``ideal_wall_speedup``
+        (1 / mean :func:`exit_time_shares` of the exits taken: what a zero-overhead engine
+        would reach on this hardware) and ``exit_time_share`` (T,); ``accuracy_full_depth``
         and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
         ``batch_size``, ``refill``, ``repeats``, ``n_samples``.
     """
     batch_size = check_batch_size(batch_size)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    _, labels = split_images(data)
+    images, labels = split_images(data)
     sides = {"full_depth": lambda: full_depth_predict(model, data, batch_size)}
     if all_exits:
         sides["all_exits"] = lambda: full_depth_predict(model, data, batch_size, all_exits=True)
@@ -111,6 +152,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         sides[name] = (lambda p=policy: early_exit_predict(model, p, data, batch_size,
                                                            refill=refill))
     outputs = {name: fn() for name, fn in sides.items()}  # warm-up; validates every input
+    shares = exit_time_shares(model, images[:batch_size], repeats)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
@@ -121,7 +163,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
               "all_exits_s": statistics.median(times["all_exits"]) if all_exits else None,
               "baseline": baseline_kind(model), "threads": torch.get_num_threads(),
               "batch_size": batch_size, "refill": refill, "repeats": repeats,
-              "n_samples": int(len(full_pred))}
+              "n_samples": int(len(full_pred)), "exit_time_share": shares.tolist()}
     return {name: _speedup_record(times, name, outputs[name], common) for name in policies}
 
 
@@ -133,11 +175,13 @@ def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
         return statistics.median(a / b for a, b in zip(times[base], times[name], strict=True))
 
     wall, compute_speedup = ratio("full_depth"), 1.0 / early.mean_compute
+    ideal = 1.0 / float(np.mean(np.asarray(common["exit_time_share"])[early.exit_index]))
     log.info("%s: wall speed-up %.2fx (compute speed-up %.2fx, %d threads, batch %d)", name,
              wall, compute_speedup, common["threads"], common["batch_size"])
     return {"wall_speedup": wall, "wall_speedup_all_exits": ratio("all_exits"),
             "early_exit_s": statistics.median(times[name]), "mean_compute": early.mean_compute,
             "compute_speedup": compute_speedup, "wall_over_compute": wall / compute_speedup,
+            "ideal_wall_speedup": ideal,
             "accuracy_early_exit": early.accuracy, **common}
 
 
@@ -149,4 +193,5 @@ def measure_wall_speedup(model: MultiExitModel, policy: StoppingPolicy, data: Sp
                                  refill=refill)["policy"]
 
 
-__all__ = ["baseline_kind", "full_depth_predict", "measure_wall_speedup", "measure_wall_speedups"]
+__all__ = ["baseline_kind", "exit_time_shares", "full_depth_predict", "measure_wall_speedup",
+           "measure_wall_speedups"]

@@ -10,7 +10,8 @@ median of per-repeat ratios. It also measures the time share of each exit (stem 
 to it, per sample, at the same batch size) next to its FLOP share: where early blocks are
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock
 saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost, from
-:func:`optdepth.inference.exit_time_shares`) says how much is possible.
+:func:`optdepth.inference.exit_time_shares`, in each policy's timing record) says how much is
+possible.
 
 Give two runs (baseline first, then L_depth) to also get the ratio of their iso-accuracy
 compute under each policy. Run from the repository root with nothing else busy::
@@ -65,7 +66,6 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.inference import (
         early_exit_predict,
         evaluate_policies,
-        exit_time_shares,
         gap_summary,
         measure_wall_speedup,
         offline_exits,
@@ -99,7 +99,8 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             record["exit_index"] = np.bincount(offline.exit_index,
                                                minlength=model.num_exits).tolist()
         policies[name] = record
-    fractions = exit_time_shares(model, split.images[: args.batch_size], args.repeats).tolist()
+    # every timing record carries the net's exit time shares: read them, do not time them again
+    fractions = next(r["timing"]["exit_time_share"] for r in policies.values() if "timing" in r)
     return {"final_exit_test_accuracy": float(test.exit_accuracy()[-1]),
             "exit_costs": [float(c) for c in test.exit_costs],
             "exit_time_fraction": fractions, "policies": policies,

@@ -168,6 +168,10 @@ def test_exit_time_shares_are_cumulative_fractions_of_the_full_pass(trained):
     exit_time_shares(model, trained[1].test.images[:4], repeats=1)
     assert model.training  # its mode is restored
     model.train(was_training)
+    with pytest.raises(ValueError, match="at least one image"):
+        exit_time_shares(model, trained[1].test.images[:0])
+    with pytest.raises(DataError):
+        exit_time_shares(model, torch.zeros(2, 3, 28, 28))
 
 
 def test_exit_policy_is_a_stopping_policy_with_a_source(trained, policies):

@@ -91,7 +91,13 @@ def exit_time_shares(model: MultiExitModel, images: Tensor, repeats: int = 5) ->
     the timed batch size), median of ``repeats`` runs each, in eval and inference mode. Compare
     it with ``model.exit_costs()`` (the FLOP shares): a ratio above 1 at early exits means
     early blocks cost more time per FLOP than the net's average.
+
+    Raises:
+        ValueError: no images. DataError: images of the wrong shape for the model.
     """
+    if images.shape[0] == 0:
+        raise ValueError("exit_time_shares needs at least one image (got a batch of 0)")
+    model.check_input(images)
     device = next(model.parameters()).device
     images = images.to(device)
     was_training = model.training

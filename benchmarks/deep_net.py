@@ -1,4 +1,4 @@
-"""The demo's figures for a deeper net: baseline vs L_depth ResNet-56 on the full schedule.
+"""The demo's figures for a bigger net: baseline vs L_depth ResNet-56 on the full schedule.
 
 Trains both nets (the full schedule, augmentation and linear exit weights, for 20 epochs by
 default: a ResNet-56 epoch costs about 2.5 ResNet-20 epochs), fits every exit policy on the
@@ -12,6 +12,9 @@ commands of ``configs/full_*.toml`` with ``--model resnet56 --epochs 20`` into
 
     python benchmarks/deep_net.py --threads 1          # resnet56, 20 epochs, ~3 h
     python benchmarks/deep_net.py --model resnet110 --epochs 30 --threads 2
+    # ResNet-20 at full resolution (stages at 28, 14, 7 pixels: 4x the FLOPs of the demo's)
+    python benchmarks/deep_net.py --model resnet20 --stem-stride 1 --epochs 15 --threads 1 \
+        --runs runs/full_res --results benchmarks/results/full_res
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ def main() -> None:
     parser.add_argument("--schedule", default="full", choices=sorted(SCHEDULES))
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the schedule")
     parser.add_argument("--beta", type=float, help="L_depth weight (default: the demo's)")
+    parser.add_argument("--stem-stride", type=int,
+                        help="ResNet stem stride (default 2: stages at 14, 7, 4 pixels; 1: 28, 14, 7)")
+    parser.add_argument("--width", type=int, help="ResNet channel multiplier (default 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", default="runs/deep_net", help="folder of the two runs")
     parser.add_argument("--results", default="benchmarks/results/deep_net")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    model_kwargs = {key: value for key, value in (("stem_stride", args.stem_stride),
+                                                  ("width", args.width)) if value is not None}
     metrics = run_demo(args.runs, model=args.model, schedule=args.schedule, beta=args.beta,
-                       epochs=args.epochs, threads=args.threads)
+                       epochs=args.epochs, threads=args.threads, model_kwargs=model_kwargs)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     for name in SMALL_OUTPUTS:

@@ -118,12 +118,17 @@ def demo_model(model: str) -> DemoModel:
 
 
 def demo_configs(schedule: DemoSchedule, beta: float | None, data_dir: str | None,
-                 threads: int | None, model: str = "resnet20") -> dict[str, TrainConfig]:
+                 threads: int | None, model: str = "resnet20",
+                 model_kwargs: Mapping[str, Any] | None = None) -> dict[str, TrainConfig]:
     """The two nets: identical but for L_depth (β = 0 for the baseline; the model's demo
-    regulariser at ``beta``, None: the model's demo β, for the second net)."""
+    regulariser at ``beta``, None: the model's demo β, for the second net).
+
+    ``model_kwargs`` go to :func:`optdepth.create_model` for both nets (``{"stem_stride": 1}``).
+    """
     settings = demo_model(model)
     beta = settings.beta if beta is None else beta
-    base = TrainConfig(model=model, epochs=schedule.epochs, train_subset=schedule.train_subset,
+    base = TrainConfig(model=model, model_kwargs=dict(model_kwargs or {}),
+                       epochs=schedule.epochs, train_subset=schedule.train_subset,
                        augment=schedule.augment, exit_weighting=schedule.exit_weighting,
                        data_dir=data_dir, threads=threads)
     base = base.replace(**settings.overrides)
@@ -168,7 +173,8 @@ def policy_metrics(run_dir: Path, data: FashionMNIST, fit: dict[str, float],
 
 def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo",
              beta: float | None = None, epochs: int | None = None, data_dir: str | None = None,
-             threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+             threads: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Train, evaluate and report both demo nets; return the metrics written to metrics.json.
 
     Args:
@@ -180,6 +186,8 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
             figures for ResNet-20).
         beta: L_depth weight of the second net (None: the model's demo default).
         epochs: override the schedule's (and the model's) epochs.
+        model_kwargs: architecture overrides for both nets, as for
+            :func:`optdepth.create_model` (``{"stem_stride": 1, "width": 2}``).
         data_dir, threads, progress: as for training.
     """
     out = Path(out)
@@ -190,7 +198,7 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     epochs = epochs if epochs is not None else demo_model(model).epochs.get(schedule)
     if epochs is not None:
         plan = dataclasses.replace(plan, epochs=epochs)
-    configs = demo_configs(plan, beta, data_dir, threads, model)
+    configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
     beta = configs["ldepth"].beta
     data = load_fashion_mnist(data_dir)
     nets = {}
@@ -201,7 +209,7 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
         nets[name] = _net_metrics(evaluate_run(run_dir, data=data, progress=progress))
         log.info("fitting exit policies and timing early exit for %s", name)
         nets[name].update(policy_metrics(run_dir, data, nets[name], plan.timing_repeats))
-    metrics = {"model": model, "nets": nets,
+    metrics = {"model": model, "model_kwargs": configs["baseline"].model_kwargs, "nets": nets,
                "schedule": {**dataclasses.asdict(plan), "beta": beta,
                             "regularizer": configs["ldepth"].regularizer},
                "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -28,6 +28,7 @@ def demo_dir(tmp_path_factory):
 def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
     metrics = json.loads((demo_dir / "metrics.json").read_text())
     assert set(metrics["nets"]) == {"baseline", "ldepth"}
+    assert metrics["model_kwargs"] == {}
     for net in metrics["nets"].values():
         assert len(net["exit_accuracy"]) == len(net["exit_compute"]) == 9
         assert net["exit_compute"][-1] == 1.0
@@ -88,3 +89,24 @@ def test_full_schedule_config_files_are_the_demo_full_schedule(name):
     path = Path(__file__).resolve().parents[1] / "configs" / f"full_{name}.toml"
     expected = demo_configs(SCHEDULES["full"], None, None, 1)[name]
     assert TrainConfig.from_file(path) == expected
+
+
+def test_model_kwargs_reach_both_nets():
+    from optdepth.demo import SCHEDULES, demo_configs
+
+    plain = demo_configs(SCHEDULES["full"], None, None, 1)
+    full_res = demo_configs(SCHEDULES["full"], None, None, 1, "resnet20", {"stem_stride": 1})
+    for name, config in full_res.items():
+        assert config == plain[name].replace(model_kwargs={"stem_stride": 1})
+
+
+def test_other_architecture_in_the_same_folder_is_refused(demo_dir):
+    """run_demo with architecture overrides does not reuse (or touch) runs of another shape."""
+    from optdepth.demo import run_demo
+    from optdepth.errors import ConfigError
+
+    checkpoint = demo_dir / "runs" / "baseline" / "checkpoints" / "last.pt"
+    before = checkpoint.read_bytes()
+    with pytest.raises(ConfigError, match="other settings"):
+        run_demo(demo_dir, schedule="quick", model_kwargs={"stem_stride": 1}, progress=False)
+    assert checkpoint.read_bytes() == before

@@ -112,13 +112,21 @@ def policy_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _kwargs_text(model_kwargs: Mapping[str, Any]) -> str:
+    """" (stem_stride=1, width=2)" for architecture overrides, "" for none."""
+    if not model_kwargs:
+        return ""
+    return " (" + ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items()) + ")"
+
+
 def write_report(metrics: Mapping[str, Any], configs: Mapping[str, Any], path: Path) -> None:
     """Write report.md for the demo metrics (see optdepth.demo) atomically."""
     nets, sched, env = metrics["nets"], metrics["schedule"], metrics["environment"]
     subset = "all 55,000" if sched["train_subset"] is None else f"the first {sched['train_subset']:,}"
     lines = [
         "# optdepth demo report", "",
-        f"Multi-exit `{configs['baseline'].model}` on Fashion-MNIST, `{sched['name']}` schedule:"
+        f"Multi-exit `{configs['baseline'].model}`{_kwargs_text(configs['baseline'].model_kwargs)}"
+        f" on Fashion-MNIST, `{sched['name']}` schedule:"
         f" {sched['epochs']}"
         f" epochs on {subset} training images"
         f" ({'with' if sched['augment'] else 'without'} augmentation): a baseline (β = 0)"

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from optdepth.demo import SCHEDULES, run_demo
+from optdepth.errors import OptDepthError
 
 SMALL_OUTPUTS = ("metrics.json", "report.md", "exit_accuracy.png", "residual_decay.png",
                  "policy_curves.png", "exit_histograms.png")
@@ -50,8 +51,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_kwargs = {key: value for key, value in (("stem_stride", args.stem_stride),
                                                   ("width", args.width)) if value is not None}
-    metrics = run_demo(args.runs, model=args.model, schedule=args.schedule, beta=args.beta,
-                       epochs=args.epochs, threads=args.threads, model_kwargs=model_kwargs)
+    try:
+        metrics = run_demo(args.runs, model=args.model, schedule=args.schedule, beta=args.beta,
+                           epochs=args.epochs, threads=args.threads, model_kwargs=model_kwargs)
+    except OptDepthError as exc:  # bad settings: one message, exit code 2
+        parser.error(str(exc))
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     for name in SMALL_OUTPUTS:

@@ -175,3 +175,13 @@ def test_config_file_and_flags(tmp_path):
     bad.write_text('{"epochz": 3}')
     with pytest.raises(ConfigError, match="unknown config keys: epochz"):
         TrainConfig.from_file(bad)
+
+
+def test_run_that_cannot_start_leaves_no_folder_behind(tmp_path, tiny):
+    """Bad model arguments fail before config.json is written, so the corrected command works."""
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="width must be a positive int"):
+        train(TINY.replace(epochs=1, model_kwargs={"width": 0}), run, data=tiny, progress=False)
+    assert not run.exists()
+    result = train(TINY.replace(epochs=1), run, data=tiny, progress=False)
+    assert [r["epoch"] for r in result.history] == [1]

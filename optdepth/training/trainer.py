@@ -250,16 +250,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     ctx = distributed.setup(config.device)
     try:
-        if not resume:  # before anything is written
-            distributed.check_batch_size(config.batch_size, ctx)
-        config = _resolve_config(config, run_dir, resume, ctx)
+        if resume:
+            config = _resolve_config(config, run_dir, resume, ctx)  # the stored config
         distributed.check_batch_size(config.batch_size, ctx)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
+        # Data and model before config.json: a new run that cannot start (missing data, bad
+        # model arguments) leaves no folder behind that would refuse the corrected command.
         run = _Run(config, run_dir, data or load_run_dataset(config.to_dict()), ctx, resume)
         if resume:
             run.restore()
             log.info("resuming %s after epoch %d", run_dir, len(run.history))
+        else:
+            _resolve_config(config, run_dir, resume, ctx)
         _run_epochs(run, progress, callbacks)
     finally:
         distributed.teardown(ctx)

@@ -33,6 +33,7 @@ import optdepth
 from optdepth.data import load_fashion_mnist
 from optdepth.inference import evaluate_policies
 from optdepth.io import write_json
+from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
 from optdepth.training import TrainConfig, train_or_resume
 
 
@@ -61,6 +62,8 @@ def main() -> None:
                                                            "decay_hinge:0.5", "distill:1.0"])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--exit-weighting", default="uniform", choices=EXIT_WEIGHTINGS,
+                        help="multi-exit loss weighting of every variant")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", default="runs/ablation", help="folder of the per-variant runs")
@@ -74,7 +77,8 @@ def main() -> None:
         label, name, beta = parse_variant(text)
         results[label] = {"regularizer": name, "beta": beta, "seeds": {}}
         for seed in args.seeds:
-            config = TrainConfig(epochs=args.epochs, augment=not args.no_augment, regularizer=name,
+            config = TrainConfig(epochs=args.epochs, augment=not args.no_augment,
+                                 exit_weighting=args.exit_weighting, regularizer=name,
                                  beta=beta, threads=args.threads, seed=seed)
             record = run_variant(config, Path(args.runs) / label / f"seed{seed}", data)
             results[label]["seeds"][str(seed)] = record
@@ -85,6 +89,7 @@ def main() -> None:
     if "none" in results:
         add_paired_ratios(results, results["none"])
     write_json(args.out, {"epochs": args.epochs, "augment": not args.no_augment,
+                          "exit_weighting": args.exit_weighting,
                           "threads": args.threads, "seeds": args.seeds,
                           "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine(),

@@ -1,5 +1,7 @@
 """Real early exit on a briefly trained net: online == offline, retired samples skip blocks."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,28 @@ def test_retired_samples_skip_later_blocks(trained, policies, refill):
         else:
             assert reached <= sum(seen) <= reached + seen.count(2)
     assert sum(counts[-1]) < len(exits)  # some samples really left before the last block
+
+
+def test_channels_last_model_stays_channels_last_and_online_equals_offline(trained, policies):
+    """A channels-last model: retiring samples keeps the state channels-last (no block gets an
+    NCHW input to reorder), and the exits equal those of traces taken in that layout."""
+    from optdepth.evaluation import collect_traces
+
+    model, data, _, _ = trained
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    test = collect_traces(model, data.test, "test", batch_size=100)
+    layouts = []
+    handles = [block.register_forward_pre_hook(
+        lambda mod, inp: layouts.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+        for block in model.blocks]
+    try:
+        for name in ("max_prob", "lsm"):
+            policy = next(p for n, _, p in policies if n == name)
+            assert_online_equals_offline(model, policy, data, test, f"channels-last {name}")
+    finally:
+        for h in handles:
+            h.remove()
+    assert layouts and all(layouts)
 
 
 def test_stop_at_first_exit_runs_no_later_block(trained):

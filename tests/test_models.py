@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import optdepth
 from optdepth.errors import ConfigError, DataError
 from optdepth.models import ExitOutputs
+from optdepth.models.base import per_sample_norm
 from optdepth.models.resnet_cifar import exit_positions
 
 # Defaults too slow for a contract check on CPU: the ImageNet ResNets run at 32x32 here.
@@ -95,6 +96,17 @@ def test_residual_process_is_exact():
     new, residual, base = model.blocks[0](h)
     torch.testing.assert_close(new, base + residual)
     torch.testing.assert_close(base, h)  # identity shortcut in the first block
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 7), (4, 3, 5, 5)])
+def test_per_sample_norm_in_any_memory_format(shape):
+    """One Euclidean norm per sample, equal to the flattened row's, channels-last included."""
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected = x.reshape(shape[0], -1).norm(dim=1).float()
+    torch.testing.assert_close(per_sample_norm(x), expected)
+    if x.dim() == 4:
+        torch.testing.assert_close(per_sample_norm(x.contiguous(memory_format=torch.channels_last)),
+                                   expected)
 
 
 @pytest.mark.parametrize(("exits", "expected"), [

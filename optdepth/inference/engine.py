@@ -157,6 +157,19 @@ class _Outputs:
     features: np.ndarray | None
 
 
+def select_rows(state: Tensor, index: Tensor) -> Tensor:
+    """``state[index]`` along dim 0, keeping a channels-last state channels-last.
+
+    ``index_select`` is the fast copy (8x faster than ``state[index]`` on the CPU here) but
+    returns NCHW, which would make every later convolution reorder its input; on a
+    channels-last state it runs on the NHWC view, which is contiguous, instead.
+    """
+    if state.dim() == 4 and not state.is_contiguous() \
+            and state.is_contiguous(memory_format=torch.channels_last):
+        return state.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return state.index_select(0, index)
+
+
 @dataclass(frozen=True)
 class _Cohort:
     """Samples waiting to run the same segment.
@@ -176,10 +189,10 @@ class _Cohort:
         return len(self.rows)
 
     def take(self, keep: np.ndarray) -> _Cohort:
-        """The sub-cohort at the (k,) bool mask ``keep`` (copies; index_select is the fast path)."""
+        """The sub-cohort at the (k,) bool mask ``keep`` (copies, in the state's memory format)."""
         index = np.flatnonzero(keep)
         index_t = torch.from_numpy(index).to(self.state.device)
-        return _Cohort(self.rows[index], self.state.index_select(0, index_t),
+        return _Cohort(self.rows[index], select_rows(self.state, index_t),
                        self.history[index], None if self.previous is None else self.previous[index])
 
     def split(self, n: int) -> tuple[_Cohort, _Cohort]:

@@ -63,6 +63,8 @@ class MultiExitModel(nn.Module):
 
     Subclasses must set ``input_shape`` (C, H, W), ``num_classes``, ``num_exits``,
     ``num_blocks`` and ``exit_blocks`` (0-based index of the block each exit follows).
+    ``trains_channels_last`` marks convolution-dominated models that the trainer runs in
+    channels-last memory format on every device.
     """
 
     input_shape: tuple[int, int, int]
@@ -70,6 +72,7 @@ class MultiExitModel(nn.Module):
     num_exits: int
     num_blocks: int
     exit_blocks: tuple[int, ...]
+    trains_channels_last: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,8 +179,14 @@ class BlockStackModel(MultiExitModel):
 
 
 def per_sample_norm(x: Tensor) -> Tensor:
-    """(B, ...) -> (B,) Euclidean norm of each sample, computed in float32."""
-    return x.flatten(1).float().norm(dim=1)
+    """(B, ...) -> (B,) Euclidean norm of each sample, computed in float32.
+
+    Reduces over the non-batch dimensions in place: ``flatten(1)`` would copy a channels-last
+    activation (twice per block in the ResNets), which costs as much as a BatchNorm pass.
+    """
+    if x.dim() == 1:  # one scalar per sample; an empty dim tuple would reduce over the batch
+        return x.float().abs()
+    return torch.linalg.vector_norm(x.float(), dim=tuple(range(1, x.dim())))
 
 
 def exit_positions(num_blocks: int, blocks_per_stage: int | None, exits: ExitSpec) -> tuple[int, ...]:

@@ -101,10 +101,11 @@ class _Run:
             data.train.subset(config.train_subset)
         torch.manual_seed(config.seed)
         self.model = build_model(config, data, load_weights=not resume).to(ctx.device)
-        # bf16 autocast and channels-last pay off on tensor-core GPUs; on CPU only if asked.
+        # bf16 autocast and channels-last pay off on tensor-core GPUs (autocast on CPU only if
+        # asked); convolutional nets that say so train channels-last everywhere.
         self.amp = ctx.device.type == "cuda" if config.amp is None else config.amp
-        self.memory_format = torch.channels_last if self.amp and ctx.device.type == "cuda" \
-            else torch.contiguous_format
+        channels_last = self.model.trains_channels_last or (self.amp and ctx.device.type == "cuda")
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.net = distributed.wrap(self.model, ctx)  # DDP when several processes
         self.regularizer: DepthRegularizer = create_regularizer(

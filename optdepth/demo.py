@@ -181,7 +181,7 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
         out: output folder (resumed if it holds the same runs).
         model: a registered image model (``"resnet20"``, ``"vit"``, ...); its demo settings
             come from :data:`DEMO_MODELS`.
-        schedule: ``"quick"`` (smoke test, ~2 min), ``"demo"`` (~13 min on two CPU cores) or
+        schedule: ``"quick"`` (smoke test, ~2 min), ``"demo"`` (~12 min on two CPU cores) or
             ``"full"`` (30 epochs with augmentation and linear exit weights, about an hour;
             figures for ResNet-20).
         beta: L_depth weight of the second net (None: the model's demo default).

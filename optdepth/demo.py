@@ -100,6 +100,8 @@ DEMO_MODELS: dict[str, DemoModel] = {
     # benchmarks/results/ablate_ldepth_seeds.json) it needed 0.74 (0.73-0.86) of the
     # baseline's LSM compute at iso-accuracy, paired by seed, at a final-exit accuracy
     # +0.13 points (median) from the baseline's; `relative` with β = 0.1 needed 0.93 (0.75-1.12).
+    # Those nets trained in NCHW; trained channels-last, seeds 0-2 gave 0.90, 0.93 and 0.64
+    # (README, Results).
     **{f"resnet{depth}": DemoModel(regularizer="distill", beta=2.0)
        for depth in (20, 32, 44, 56, 110)},
     # AdamW (decay on weights only), warm-up + cosine. Peak lr measured: 2 epochs on 20,000

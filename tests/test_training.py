@@ -42,6 +42,10 @@ def test_run_directory_contents(tmp_path, tiny):
     for key, value in result.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
     assert not model.training
+    # the ResNet trained channels-last (faster on CPU); a loaded model is plain NCHW
+    conv = "blocks.0.conv1.weight"
+    assert result.model.state_dict()[conv].is_contiguous(memory_format=torch.channels_last)
+    assert model.state_dict()[conv].is_contiguous()
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 

@@ -11,7 +11,8 @@ to it, per sample, at the same batch size) next to its FLOP share: where early b
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock
 saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost, from
 :func:`optdepth.inference.exit_time_shares`, in each policy's timing record) says how much is
-possible.
+possible. ``engine_time`` splits one early-exit pass, under the profiler, into the network
+segments and the engine's own work (:func:`optdepth.inference.engine_time_breakdown`).
 
 Give two runs (baseline first, then L_depth) to also get the ratio of their iso-accuracy
 compute under each policy. Run from the repository root with nothing else busy::
@@ -65,6 +66,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.data import load_fashion_mnist
     from optdepth.inference import (
         early_exit_predict,
+        engine_time_breakdown,
         evaluate_policies,
         gap_summary,
         measure_wall_speedup,
@@ -96,6 +98,8 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             record["timing"] = measure_wall_speedup(model, evaluation.policy, timed,
                                                     args.batch_size, args.repeats)
             record["iso_accuracy"]["wall_speedup"] = record["timing"]["wall_speedup"]
+            record["engine_time"] = engine_time_breakdown(model, evaluation.policy, timed,
+                                                          args.batch_size)
             record["exit_index"] = np.bincount(offline.exit_index,
                                                minlength=model.num_exits).tolist()
         policies[name] = record
@@ -112,6 +116,8 @@ def _fmt(value: float | None, width: int = 6) -> str:
 
 
 def report(name: str, result: dict[str, Any]) -> None:
+    from optdepth.inference.timing import ENGINE_PARTS
+
     print(f"\n{name}: final exit {100 * result['final_exit_test_accuracy']:.2f}% on test")
     print(f"  {'policy':9s} {'param':>9s} {'test acc':>8s} {'compute':>8s} {'speed-up':>8s} "
           f"{'wall':>6s} {'wall/cmp':>8s} {'ideal':>6s} {'online=offline':>14s}")
@@ -129,6 +135,11 @@ def report(name: str, result: dict[str, Any]) -> None:
               f"{100 * gap['compute_saving_vs_rule']:.1f}% less compute; closes "
               f"{'-' if closed is None else f'{100 * closed:.0f}%'} of the gap to the oracle")
     print("  exit time share " + " ".join(f"{f:.3f}" for f in result["exit_time_fraction"]))
+    for policy, rec in result["policies"].items():
+        if "engine_time" in rec:
+            parts = rec["engine_time"]
+            print(f"  {policy} early-exit pass under the profiler, share of its time: " + ", ".join(
+                f"{k} {parts['share_' + k]:.2f}" for k in (*ENGINE_PARTS, "other")))
     print("  exit FLOP share " + " ".join(f"{c:.3f}" for c in result["exit_costs"]))
 
 

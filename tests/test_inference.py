@@ -14,6 +14,7 @@ from optdepth.inference import (
     ExitPolicy,
     TraceSource,
     early_exit_predict,
+    engine_time_breakdown,
     exit_time_shares,
     fit_exit_policy,
     full_depth_predict,
@@ -22,6 +23,7 @@ from optdepth.inference import (
     offline_exits,
 )
 from optdepth.inference.policies import FitContext
+from optdepth.inference.timing import ENGINE_PARTS
 from optdepth.stopping import NotFittedError, ThresholdPolicy
 from optdepth.traces import FEATURES
 
@@ -225,3 +227,22 @@ def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
         measure_wall_speedup(model, policy, split, repeats=0)
     with pytest.raises(ValueError, match="empty"):
         full_depth_predict(model, split.subset(0))
+
+
+def test_engine_profiler_ranges_and_time_breakdown(trained, policies):
+    model, data, _, _ = trained
+    split = data.test.subset(64)
+    policy = next(p for n, _, p in policies if n == "lsm")
+    deepest = int(early_exit_predict(model, policy, split, 16).exit_index.max())
+    with torch.profiler.profile() as prof:
+        early_exit_predict(model, policy, split, 16)
+    labels = {e.key for e in prof.key_averages() if e.key.startswith("optdepth::")}
+    segments = {label for label in labels if label.startswith("optdepth::segment_")}
+    # one range per segment that ran, none for the segments no sample reached
+    assert segments == {f"optdepth::segment_{t}" for t in range(deepest + 1)}
+    assert {"optdepth::stem", "optdepth::decide", "optdepth::regroup"} <= labels
+    parts = engine_time_breakdown(model, policy, split, 16)
+    assert parts["segments"] > 0 and parts["total"] > 0
+    assert all(parts[k] >= 0 for k in (*ENGINE_PARTS, "other"))
+    shares = [parts[f"share_{k}"] for k in (*ENGINE_PARTS, "other")]
+    assert sum(shares) == pytest.approx(1.0)  # the parts lie inside the pass: no clipping

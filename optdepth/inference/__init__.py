@@ -29,6 +29,7 @@ from optdepth.inference.suite import (
     oracle_exits,
 )
 from optdepth.inference.timing import (
+    engine_time_breakdown,
     exit_time_shares,
     full_depth_predict,
     measure_wall_speedup,
@@ -44,6 +45,7 @@ __all__ = [
     "PolicyEvaluation",
     "TraceSource",
     "early_exit_predict",
+    "engine_time_breakdown",
     "evaluate_policies",
     "exit_time_shares",
     "fit_exit_policy",

@@ -26,6 +26,12 @@ bit, which can only flip a decision whose score lies within that rounding of its
 tie); ``record_features=True`` returns the online features so such a case can be inspected.
 Plain :class:`~optdepth.stopping.StoppingPolicy` objects (not wrapped in ``ExitPolicy``) get
 the same features but not the pairing of lone samples in numpy.
+
+Where the time goes. Under :mod:`torch.profiler` the engine's work shows up in labelled ranges:
+``optdepth::stem``, ``optdepth::segment_{t}`` (the blocks of segment t, its exit head and the
+residual norms), ``optdepth::decide`` (features and the policy's decision),
+``optdepth::retire`` (copying the continuing samples' states) and ``optdepth::regroup``
+(gathering a batch from the queue); :func:`optdepth.inference.engine_time_breakdown` sums them.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from optdepth.data.fashion_mnist import Split
 from optdepth.inference.policies import ExitPolicy, TraceSource, check_traces
@@ -232,10 +239,13 @@ def _step(model: MultiExitModel, state: Tensor, t: int) -> StepOutput:
                       out.state_norms[:, :n])
 
 
-def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: int,
-             costs: np.ndarray, out: _Outputs) -> _Cohort | None:
-    """Run segment t on a cohort, record the samples that stop, return the others (or None)."""
-    step = _step(model, cohort.state, t)
+def _decide(policy: StoppingPolicy, cohort: _Cohort, step: StepOutput, t: int,
+            costs: np.ndarray, out: _Outputs) -> tuple[np.ndarray, np.ndarray]:
+    """Features of exit t, the policy's decision, the stopped samples' outputs recorded.
+
+    Returns:
+        stop: (k,) bool, the samples that exit at t. predicted: (k,) int64 argmax of exit t.
+    """
     probs = step.logits.softmax(-1).cpu().numpy()  # (k, C) float32, as in the traces
     relative = step.residual_norms[-1].cpu().numpy() / np.maximum(
         step.state_norms[-1].cpu().numpy(), 1e-12)
@@ -248,10 +258,23 @@ def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: 
     predicted = probs.argmax(-1)
     rows = cohort.rows[stop]
     out.exit_index[rows], out.probs[rows], out.predictions[rows] = t, probs[stop], predicted[stop]
+    return stop, predicted
+
+
+def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: int,
+             costs: np.ndarray, out: _Outputs) -> _Cohort | None:
+    """Run segment t on a cohort, record the samples that stop, return the others (or None)."""
+    with record_function(f"optdepth::segment_{t}"):
+        step = _step(model, cohort.state, t)
+    with record_function("optdepth::decide"):
+        stop, predicted = _decide(policy, cohort, step, t, costs, out)
     if stop.all():
         return None
-    running = _Cohort(cohort.rows, step.state, history, predicted)
-    return running if not stop.any() else running.take(~stop)  # retired: no later block
+    running = _Cohort(cohort.rows, step.state, cohort.history, predicted)
+    if not stop.any():
+        return running
+    with record_function("optdepth::retire"):
+        return running.take(~stop)  # retired: no later block
 
 
 def _next_segment(sizes: list[int], batch_size: int, inputs_left: bool, refill: bool) -> int | None:
@@ -283,14 +306,16 @@ def _run(model: MultiExitModel, policy: StoppingPolicy, images: Tensor, costs: n
             rows = np.arange(fed, min(fed + batch_size, n))
             history = np.empty((len(rows), n_exits, len(FEATURES)), dtype=np.float32)
             batch = images[fed:rows[-1] + 1].to(device, non_blocking=True)
-            queues[0].append(_Cohort(rows, _stem(model, batch), history, None))
+            with record_function("optdepth::stem"):
+                queues[0].append(_Cohort(rows, _stem(model, batch), history, None))
             fed = rows[-1] + 1
             continue
-        cohort = _Cohort.merge(queues[t])
-        queues[t] = []
-        if len(cohort) > batch_size:  # run exactly one batch; the rest waits
-            cohort, rest = cohort.split(batch_size)
-            queues[t].append(rest)
+        with record_function("optdepth::regroup"):
+            cohort = _Cohort.merge(queues[t])
+            queues[t] = []
+            if len(cohort) > batch_size:  # run exactly one batch; the rest waits
+                cohort, rest = cohort.split(batch_size)
+                queues[t].append(rest)
         survivors = _advance(model, policy, cohort, t, costs, out)
         if survivors is not None:
             queues[t + 1].append(survivors)

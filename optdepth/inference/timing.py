@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 from optdepth.data.fashion_mnist import Split
 from optdepth.inference.engine import check_batch_size, early_exit_predict, split_images
@@ -121,6 +122,39 @@ def exit_time_shares(model: MultiExitModel, images: Tensor, repeats: int = 5) ->
     return np.cumsum(segments)[1:] / full
 
 
+ENGINE_PARTS = ("stem", "segments", "decide", "retire", "regroup")
+
+
+def engine_time_breakdown(model: MultiExitModel, policy: StoppingPolicy, data: Split | Tensor,
+                          batch_size: int = 256, *, refill: bool = True) -> dict[str, float]:
+    """Where one early-exit pass spends its time, from the engine's profiler ranges.
+
+    Runs :func:`early_exit_predict` once untimed, then once under :mod:`torch.profiler` (CPU)
+    and sums the inclusive CPU time of the ``optdepth::*`` ranges: ``stem``, ``segments`` (all
+    ``optdepth::segment_{t}``: blocks, exit heads and residual norms), ``decide`` (features and
+    policy), ``retire`` (copying the states of continuing samples) and ``regroup`` (batching
+    the queues). The profiler's own overhead inflates code with many small operators, so read
+    the shares, not the absolute times, and time speed-ups with :func:`measure_wall_speedups`.
+    On CUDA the network runs asynchronously and its time lands in ``decide``, which waits for it.
+
+    Returns:
+        seconds per part, ``other`` (the rest of the pass: Python scheduling), ``total``
+        (the pass's wall time under the profiler), and ``share_<part>`` = part / total.
+    """
+    early_exit_predict(model, policy, data, batch_size, refill=refill)  # warm-up; checks inputs
+    seconds = dict.fromkeys(ENGINE_PARTS, 0.0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        total = _timed(lambda: early_exit_predict(model, policy, data, batch_size, refill=refill))
+    for event in prof.key_averages():
+        if event.key.startswith("optdepth::"):
+            part = event.key.removeprefix("optdepth::")
+            part = "segments" if part.startswith("segment_") else part
+            seconds[part] += event.cpu_time_total * 1e-6  # microseconds
+    seconds["other"] = max(0.0, total - sum(seconds.values()))
+    seconds["total"] = total
+    return {**seconds, **{f"share_{k}": v / total for k, v in seconds.items() if k != "total"}}
+
+
 def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, StoppingPolicy],
                           data: Split | Tensor, batch_size: int = 256, repeats: int = 5, *,
                           refill: bool = True, all_exits: bool = True) -> dict[str, dict[str, Any]]:
@@ -202,5 +236,5 @@ def measure_wall_speedup(model: MultiExitModel, policy: StoppingPolicy, data: Sp
                                  refill=refill)["policy"]
 
 
-__all__ = ["baseline_kind", "exit_time_shares", "full_depth_predict", "measure_wall_speedup",
-           "measure_wall_speedups"]
+__all__ = ["ENGINE_PARTS", "baseline_kind", "engine_time_breakdown", "exit_time_shares",
+           "full_depth_predict", "measure_wall_speedup", "measure_wall_speedups"]

@@ -12,6 +12,9 @@ commands of ``configs/full_*.toml`` with ``--model resnet56 --epochs 20`` into
 
     python benchmarks/deep_net.py --threads 1          # resnet56, 20 epochs, ~3 h
     python benchmarks/deep_net.py --model resnet110 --epochs 30 --threads 2
+    # the demo's schedule (uniform exit weights, no augmentation), longer: 8 epochs
+    python benchmarks/deep_net.py --schedule demo --epochs 8 --threads 1 \
+        --runs runs/deep56u --results benchmarks/results/deep_net_uniform
     # ResNet-20 at full resolution (stages at 28, 14, 7 pixels: 4x the FLOPs of the demo's)
     python benchmarks/deep_net.py --model resnet20 --stem-stride 1 --epochs 15 --threads 1 \
         --runs runs/full_res --results benchmarks/results/full_res

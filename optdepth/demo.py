@@ -27,7 +27,13 @@ from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from optdepth.errors import ConfigError
 from optdepth.evaluation.certificate import network_certificate
 from optdepth.evaluation.evaluate import evaluate_run
-from optdepth.inference import evaluate_policies, gap_summary, measure_wall_speedups, oracle_exits
+from optdepth.inference import (
+    evaluate_policies,
+    gap_summary,
+    matched_accuracy_comparison,
+    measure_wall_speedups,
+    oracle_exits,
+)
 from optdepth.io import write_json
 from optdepth.reports.demo_report import write_report
 from optdepth.reports.plots import (
@@ -212,6 +218,7 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
         log.info("fitting exit policies and timing early exit for %s", name)
         nets[name].update(policy_metrics(run_dir, data, nets[name], plan.timing_repeats))
     metrics = {"model": model, "model_kwargs": configs["baseline"].model_kwargs, "nets": nets,
+               "matched_accuracy": matched_accuracy_comparison(nets),
                "schedule": {**dataclasses.asdict(plan), "beta": beta,
                             "regularizer": configs["ldepth"].regularizer},
                "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),

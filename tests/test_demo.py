@@ -45,7 +45,12 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
             if name != "oracle":  # the oracle is a bound: nothing to time
                 assert iso["wall_speedup"] > 0
         assert net["mean_optimal_depth"] >= 1 and "certificate_depth" in net
+    matched = metrics["matched_accuracy"]
+    lower = min(net["exit_accuracy"][-1] for net in metrics["nets"].values())
+    assert matched["accuracy"] == pytest.approx(lower - 0.005)
+    assert set(matched["policies"]) == set(metrics["nets"]["baseline"]["policies"])
     report = (demo_dir / "report.md").read_text()
+    assert f"one test accuracy for both nets, {100 * matched['accuracy']:.2f}%" in report
     for png in ("exit_accuracy.png", "residual_decay.png", "policy_curves.png",
                 "exit_histograms.png"):
         assert f"]({png})" in report

@@ -12,6 +12,7 @@ from optdepth.inference import (
     gap_summary,
     iso_accuracy_index,
     list_exit_policies,
+    matched_accuracy_comparison,
     offline_exits,
     oracle_exits,
 )
@@ -128,6 +129,24 @@ def test_metrics_record_and_gap_summary(toy_evaluations):
     assert summary["best_rule"] in ("max_prob", "entropy", "patience")
     assert summary["oracle_compute"] == pytest.approx(0.4)
     assert list(toy_evaluations) == list(NETWORK_POLICIES)
+
+
+def test_matched_accuracy_reads_both_curves_at_the_lower_final_exit():
+    def net(final, curves):
+        return {"exit_accuracy": [0.5, final],
+                "policies": {name: {"curve": curve} for name, curve in curves.items()}}
+
+    nets = {"baseline": net(0.92, {"max_prob": [[0.2, 0.90], [0.3, 0.916], [1.0, 0.92]],
+                                   "lsm": [[0.1, 0.90], [0.25, 0.915], [1.0, 0.92]]}),
+            "ldepth": net(0.91, {"max_prob": [[0.1, 0.904], [0.4, 0.906], [1.0, 0.91]],
+                                 "lsm": [[0.2, 0.9], [1.0, 0.904]]})}
+    matched = matched_accuracy_comparison(nets)
+    # the lower final exit is 91%: both curves are read at 90.5%, not each at its own bar
+    assert matched["accuracy"] == pytest.approx(0.905)
+    assert matched["policies"]["max_prob"] == {"baseline": 0.3, "ldepth": 0.4,
+                                               "ratio": pytest.approx(4 / 3)}
+    # a curve that never reaches the level gives no ratio rather than a made-up one
+    assert matched["policies"]["lsm"] == {"baseline": 0.25, "ldepth": None, "ratio": None}
 
 
 def test_gap_summary_arithmetic():

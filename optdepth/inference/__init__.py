@@ -26,6 +26,7 @@ from optdepth.inference.suite import (
     evaluate_policies,
     gap_summary,
     iso_accuracy_index,
+    matched_accuracy_comparison,
     oracle_exits,
 )
 from optdepth.inference.timing import (
@@ -53,6 +54,7 @@ __all__ = [
     "gap_summary",
     "iso_accuracy_index",
     "list_exit_policies",
+    "matched_accuracy_comparison",
     "measure_wall_speedup",
     "measure_wall_speedups",
     "offline_exits",

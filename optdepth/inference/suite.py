@@ -251,6 +251,39 @@ def gap_summary(evaluations: dict[str, PolicyEvaluation],
             "compute_saving_vs_rule": saving, "oracle_gap_closed": closed}
 
 
+def matched_accuracy_comparison(nets: dict[str, dict[str, Any]], first: str = "baseline",
+                                second: str = "ldepth",
+                                tolerance: float = ISO_TOLERANCE) -> dict[str, Any]:
+    """Both nets' compute at one absolute test accuracy, policy by policy.
+
+    The iso-accuracy point holds each net to its *own* final exit, so a net whose final exit is
+    lower also gets a lower bar. This reads both nets' test curves at one accuracy, the lower
+    final exit minus ``tolerance``, which both can reach. It is read on the test split, so it
+    compares the nets; it is not an operating point (those are chosen on calibration).
+
+    Args:
+        nets: name -> demo net record (``exit_accuracy`` and ``policies`` -> ``curve``, as
+            written by :meth:`PolicyEvaluation.metrics`).
+        first, second: the two nets; ``ratio`` is second / first.
+
+    Returns:
+        ``accuracy`` (fraction) and ``policies``: name -> {first: compute, second: compute,
+        "ratio"}; a compute is None where the curve never reaches the accuracy.
+    """
+    level = min(nets[n]["exit_accuracy"][-1] for n in (first, second)) - tolerance
+    policies = {}
+    for name in nets[first]["policies"]:
+        computes = {}
+        for net in (first, second):
+            curve = np.asarray(nets[net]["policies"][name]["curve"], dtype=float)  # (K, 2)
+            reached = curve[curve[:, 1] >= level]
+            computes[net] = float(reached[:, 0].min()) if len(reached) else None
+        ratio = (None if None in computes.values()
+                 else computes[second] / computes[first])
+        policies[name] = {**computes, "ratio": ratio}
+    return {"accuracy": float(level), "policies": policies}
+
+
 __all__ = ["EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "PolicyEvaluation",
            "evaluate_policies", "evaluate_policy", "gap_summary", "iso_accuracy_index",
-           "oracle_exits"]
+           "matched_accuracy_comparison", "oracle_exits"]

@@ -78,6 +78,15 @@ def comparison_lines(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def matched_accuracy_line(matched: Mapping[str, Any]) -> str:
+    """The two nets at one absolute test accuracy (see ``matched_accuracy_comparison``)."""
+    ratios = ", ".join(f"`{name}` {_fmt(record['ratio'], '.2f')}"
+                       for name, record in matched["policies"].items())
+    return (f"- L_depth / baseline mean compute at one test accuracy for both nets,"
+            f" {100 * matched['accuracy']:.2f}% (0.5 points under the lower final exit; read off"
+            f" the test curves, a comparison rather than an operating point): {ratios}")
+
+
 def certificate_table(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Certificate depth t̄ next to the measured mean depth of the LSM policy (blocks)."""
     lines = [_row(["net", "K", "ρ", "λ (LSM)", "L (q=0.99)", "certificate t̄ (blocks)",
@@ -89,8 +98,9 @@ def certificate_table(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def policy_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The early-exit part of the report."""
+def policy_section(nets: Mapping[str, Mapping[str, Any]],
+                   matched: Mapping[str, Any] | None = None) -> list[str]:
+    """The early-exit part of the report (``matched``: the nets at one test accuracy)."""
     lines = ["## Early exit: policies fitted on calibration, measured on test", "",
              "Each policy's operating point is chosen on the calibration split as the least mean"
              " compute within 0.5 points of the final exit's accuracy; the figures are measured on"
@@ -102,7 +112,8 @@ def policy_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
              " hardware. The oracle (earliest correct exit) is a bound, not a policy.", ""]
     for name, net in nets.items():
         lines += [f"### {name}", "", *policy_table(net), ""]
-    lines += [*comparison_lines(nets), "", "![policy curves](policy_curves.png)", "",
+    lines += [*comparison_lines(nets), *([matched_accuracy_line(matched)] if matched else []),
+              "", "![policy curves](policy_curves.png)", "",
               "![exit histograms](exit_histograms.png)", "",
               "## Finite-depth certificate", "",
               "t̄ = log(L·K / (λ·ΔC)) / log(1/ρ) + 1 blocks, with K, ρ the fitted decay, λ the"
@@ -142,7 +153,8 @@ def write_report(metrics: Mapping[str, Any], configs: Mapping[str, Any], path: P
         "Mean over test images of ‖F_t(h_t)‖ / ‖h_t‖ per block, and the least-squares fit"
         " K·ρ^t (log scale). ρ < 1 means diminishing returns of depth.", "",
         *residual_table(nets), "", "![residual decay](residual_decay.png)", "",
-        *(policy_section(nets) if all("policies" in n for n in nets.values()) else []),
+        *(policy_section(nets, metrics.get("matched_accuracy"))
+          if all("policies" in n for n in nets.values()) else []),
         "Per-net run directories (config, metrics.jsonl, TensorBoard events, checkpoints,"
         " exit traces) are under `runs/`.", "",
     ]

@@ -19,6 +19,7 @@ compute under each policy. Run from the repository root with nothing else busy::
 
     python benchmarks/bench_early_exit.py demo_out/runs/baseline demo_out/runs/ldepth
     python benchmarks/bench_early_exit.py RUN --threads 1 --repeats 3 --timing-subset 2000
+    python benchmarks/bench_early_exit.py RUN_BASELINE RUN_LDEPTH --device cuda   # one GPU
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="time only the first N test images (all figures but wall time "
                              "still use the whole test split)")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: auto)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu | cuda | cuda:N: where both sides run (the traces stay CPU-made, "
+                             "so online == offline may then fail by a last bit)")
     args = parser.parse_args(argv)
     for name in ("batch_size", "repeats", "threads", "timing_subset"):
         value = getattr(args, name)
@@ -76,7 +80,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     cal = load_traces(run / "evaluation" / "traces_calibration.npz")
     test = load_traces(run / "evaluation" / "traces_test.npz")
-    model = load_model(run)
+    model = load_model(run).to(args.device)
     data_dir = args.data_dir or load_checkpoint(run / "checkpoints" / "last.pt")["config"].get(
         "data_dir")
     split = load_fashion_mnist(data_dir).test
@@ -109,6 +113,22 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             "exit_costs": [float(c) for c in test.exit_costs],
             "exit_time_fraction": fractions, "policies": policies,
             "gap": gap_summary(evaluations)}
+
+
+def check_device(name: str) -> None:
+    """Exit with a clear message unless ``name`` is a device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SystemExit(f"--device {name!r} is not a device name ({exc})") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise SystemExit(f"--device {name}: no such CUDA device here "
+                         f"({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: only cpu and cuda are supported")
 
 
 def _fmt(value: float | None, width: int = 6) -> str:
@@ -158,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     names = [str(run) for run in args.runs]
     runs = {name: bench_run(run, args) for name, run in zip(names, args.runs, strict=True)}
     for name, result in runs.items():
@@ -177,6 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     out["settings"] = {"batch_size": args.batch_size, "repeats": args.repeats,
+                       "device": args.device,
+                       "device_name": (torch.cuda.get_device_name(args.device)
+                                       if args.device.startswith("cuda") else None),
                        "timing_subset": args.timing_subset,
                        "command": " ".join(["python", "benchmarks/bench_early_exit.py",
                                             *(argv if argv is not None else sys.argv[1:])])}

@@ -258,7 +258,7 @@ def matched_accuracy_comparison(nets: dict[str, dict[str, Any]], first: str = "b
 
     The iso-accuracy point holds each net to its *own* final exit, so a net whose final exit is
     lower also gets a lower bar. This reads both nets' test curves at one accuracy, the lower
-    final exit minus ``tolerance``, which both can reach. It is read on the test split, so it
+    final exit minus ``tolerance``, which both final exits reach. It is read on the test split, so it
     compares the nets; it is not an operating point (those are chosen on calibration).
 
     Args:

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optdepth.inference import (
     EXIT_POLICIES,
@@ -17,7 +19,10 @@ from optdepth.inference import (
     oracle_exits,
 )
 from optdepth.inference.policies import (
+    CalibratedState,
+    Column,
     ExitCalibrator,
+    ExitPolicy,
     FitContext,
     check_traces,
     cross_fit_logits,
@@ -177,6 +182,46 @@ def test_feature_maps_are_causal(toy, name):
     for s in range(1, features.shape[1] + 1):
         np.testing.assert_array_equal(feature_map(np.ascontiguousarray(features[:, :s])),
                                       full[:, :s])
+
+
+def test_calibrated_state_of_the_last_steps_equals_the_full_maps_tail(toy):
+    """The engine decides from ``trailing``; it must be the full map's last steps, bit for bit."""
+    state = EXIT_POLICIES["lsm"].feature_map(FitContext.from_traces(toy[0], folds=5))
+    assert isinstance(state, CalibratedState)
+    features = np.asarray(toy[1].features, dtype=np.float64)
+    for s in range(1, features.shape[1] + 1):
+        prefix = np.ascontiguousarray(features[:, :s])
+        full = state(prefix)
+        for steps in range(1, s + 2):
+            np.testing.assert_array_equal(state.trailing(prefix, steps), full[:, -steps:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 1.0]), min_size=6, max_size=6),
+                min_size=1, max_size=5))
+def test_run_length_matches_its_recurrence(rows):
+    """run[0] = 0 and run[t] = (run[t-1] + 1) * agreement[t]: the definition, step by step."""
+    agreement = np.array(rows)
+    expected = np.zeros_like(agreement)
+    for t in range(1, agreement.shape[1]):
+        expected[:, t] = (expected[:, t - 1] + 1.0) * agreement[:, t]
+    np.testing.assert_array_equal(run_length(agreement), expected)
+
+
+def test_a_feature_map_without_trailing_decides_like_the_builtin_one_and_is_checked(toy):
+    """A user map (no ``trailing``) is applied to the whole prefix and sliced; its output is
+    validated like any features (a NaN is a clear error, not a silent decision)."""
+    calibration, test = toy
+    builtin = fit_exit_policy("max_prob", calibration, 0.7)
+    features = np.asarray(test.features, dtype=np.float64)
+    plain = ExitPolicy(ThresholdPolicy(0, threshold=0.7), lambda f: Column(0)(f), kind="max_prob")
+    plain.fit(calibration.correct(), np.asarray(calibration.features, dtype=np.float64))
+    np.testing.assert_array_equal(plain.stop_times(features), builtin.stop_times(features))
+    broken = ExitPolicy(ThresholdPolicy(0, threshold=0.7), lambda f: f[:, :, :1] * np.nan)
+    calibration_features = np.asarray(calibration.features, dtype=np.float64)
+    broken.fit(calibration.correct(), calibration_features, derived=calibration_features[:, :, :1])
+    with pytest.raises(ValueError, match="the feature map's output contains NaN"):
+        broken.stop_at(features[:, :2], 1)
 
 
 @pytest.mark.parametrize("name", list_exit_policies())

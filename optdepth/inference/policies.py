@@ -58,6 +58,7 @@ from optdepth.stopping import (
     StoppingPolicy,
     ThresholdPolicy,
 )
+from optdepth.stopping._validation import check_features
 from optdepth.traces import FEATURES, Traces
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,14 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def run_length(agreement: np.ndarray) -> np.ndarray:
-    """(n, s) agreement flags -> (n, s) number of consecutive agreements ending at each step."""
-    out = np.zeros(agreement.shape, dtype=np.float64)
-    for t in range(1, agreement.shape[1]):
-        out[:, t] = (out[:, t - 1] + 1.0) * agreement[:, t]
-    return out
+    """(n, s) 0/1 agreement flags -> (n, s) float64 consecutive agreements ending at each step.
+
+    Step 0 has no previous exit to agree with, so its run is 0 whatever its flag. Vectorised:
+    the run at step t is t minus the last step <= t that breaks the run (a 0 flag, or step 0).
+    """
+    steps = np.arange(agreement.shape[1])
+    breaks = np.where((agreement == 0) | (steps == 0), steps, 0)
+    return (steps - np.maximum.accumulate(breaks, axis=1)).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -191,14 +195,19 @@ class ExitCalibrator:
                          for t in range(x.shape[1])])
         return ExitCalibrator(mean, scale, coef)
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """(n, s, F) FEATURES of steps 0..s-1 -> (n, s) calibrated log-odds of correctness."""
+    def logits(self, features: np.ndarray, first: int = 0) -> np.ndarray:
+        """(n, s, F) FEATURES of steps first..first+s-1 -> (n, s) calibrated log-odds of correctness.
+
+        Every entry is computed elementwise from its own step's features, so the logits of a
+        step do not depend on which other steps (or rows) are passed with it.
+        """
         x = calibration_inputs(features)
-        s = x.shape[1]
-        z = (x - self.mean[:s]) / self.scale[:s]
-        out = np.broadcast_to(self.coef[:s, 0], z.shape[:2]).copy()
+        steps = slice(first, first + x.shape[1])
+        z = (x - self.mean[steps]) / self.scale[steps]
+        coef = self.coef[steps]
+        out = np.broadcast_to(coef[:, 0], z.shape[:2]).copy()
         for j in range(z.shape[2]):  # explicit sum: each row's result is independent of n
-            out += self.coef[:s, j + 1] * z[:, :, j]
+            out += coef[:, j + 1] * z[:, :, j]
         return out
 
 
@@ -236,11 +245,22 @@ def cross_fit_logits(features: np.ndarray, correct: np.ndarray, folds: np.ndarra
 
 
 def state_features(features: np.ndarray, calibrated_logits: np.ndarray) -> np.ndarray:
-    """The calibrated state (n, s, 4) of the regression policies (see the module docstring)."""
-    lmp = _logit(np.ascontiguousarray(features[:, :, MAX_PROB]))
-    previous = np.concatenate([lmp[:, :1], lmp[:, :-1]], axis=1)
-    return np.stack([calibrated_logits, lmp, run_length(features[:, :, AGREEMENT]), previous],
-                    axis=-1)
+    """The calibrated state of the regression policies (see the module docstring).
+
+    Args:
+        features: (n, s, F) FEATURES of steps 0..s-1.
+        calibrated_logits: (n, k) calibrated log-odds of the last k <= s steps.
+
+    Returns:
+        (n, k, 4) state of the last k steps, equal to the last k of the full (n, s, 4) state.
+    """
+    k = calibrated_logits.shape[1]
+    first = features.shape[1] - k
+    lmp = _logit(np.ascontiguousarray(features[:, max(first - 1, 0):, MAX_PROB]))
+    # the previous exit's confidence; step 0 has none and repeats its own
+    previous = lmp[:, :-1] if first > 0 else np.concatenate([lmp[:, :1], lmp[:, :-1]], axis=1)
+    run = run_length(features[:, :, AGREEMENT])[:, first:]
+    return np.stack([calibrated_logits, lmp[:, -k:], run, previous], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -251,6 +271,15 @@ class CalibratedState:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return state_features(features, self.calibrator.logits(features))
+
+    def trailing(self, features: np.ndarray, steps: int) -> np.ndarray:
+        """``self(features)[:, -steps:]`` without calibrating the earlier steps (n, k, 4).
+
+        The early-exit engine decides at step t from the last step only, so this keeps a
+        decision's cost flat in depth instead of growing with t.
+        """
+        first = max(features.shape[1] - steps, 0)
+        return state_features(features, self.calibrator.logits(features[:, first:], first))
 
 
 # ------------------------------------------------------------------------------ the policy
@@ -309,7 +338,20 @@ class ExitPolicy(StoppingPolicy):
     def _stop_window(self, window: np.ndarray, t: int) -> np.ndarray:
         if window.shape[0] == 1:  # numpy reduces a single row in another order (1e-17 apart):
             return self._stop_window(np.concatenate([window, window]), t)[:1]  # decide as a pair
-        return self.inner.stop_at(self.feature_map(window), t)
+        return self.inner._stop_window(self._derived_window(window), t)
+
+    def _derived_window(self, window: np.ndarray) -> np.ndarray:
+        """The derived features of the last ``inner.window_size`` steps of ``window``.
+
+        A map with a ``trailing(features, steps)`` method computes only those steps (the
+        calibrated state does); any other map is applied to the whole prefix and sliced.
+        """
+        steps = self.inner.window_size
+        trailing = getattr(self.feature_map, "trailing", None)
+        derived = (trailing(window, steps) if trailing is not None
+                   else self.feature_map(window)[:, -steps:])
+        return check_features(derived, n_paths=window.shape[0], n_features=self.inner.n_features_,
+                              name="the feature map's output")
 
     def __repr__(self) -> str:
         return f"ExitPolicy(kind={self.kind!r}, param={self.param:g}, inner={self.inner!r})"

@@ -1,52 +1,70 @@
-"""Checkpoints: plain dicts written atomically and read with ``weights_only=True``.
+"""Checkpoints: plain dicts written atomically, read with ``weights_only=True`` and checked.
 
 Layout (``FORMAT_VERSION`` 1)::
 
     {"format_version": 1, "arch": {"name": str, "kwargs": dict}, "config": dict,
      "state_dict": dict, "optimizer": dict, "scheduler": dict, "epoch": int (epochs done),
      "metric": float (calibration accuracy of the last exit), "history": [epoch records]}
+
+A checkpoint is a file a user may hand us, so every field is checked before use, and a model is
+first built on the ``meta`` device (shapes only, no memory) and compared with the stored
+weights: architecture arguments that do not fit the weights, or that would allocate far more
+than the file holds, are one clear error instead of a size-mismatch traceback or an attempt to
+allocate petabytes.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optdepth.errors import CheckpointError
+from optdepth.errors import CheckpointError, ConfigError
 from optdepth.io import atomic_write
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import create_model
+from optdepth.tensor_files import read_torch_file, state_dict_mismatches
 
 FORMAT_VERSION = 1
+#: Where a run directory keeps its latest checkpoint.
+CHECKPOINT_NAME = Path("checkpoints") / "last.pt"
+#: Elements a rebuilt model may hold beyond the checkpoint's own tensors (buffers that are not
+#: saved, such as positional tables): 2^28 float32 values are 1 GiB.
+_EXTRA_ELEMENTS = 2**28
+#: Fields a checkpoint needs to continue training, with their types.
+_TRAINING_FIELDS = {"optimizer": dict, "scheduler": dict, "history": list}
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    """The latest checkpoint of a run directory."""
+    return Path(run_dir) / CHECKPOINT_NAME
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` (see module docstring) atomically."""
     checkpoint = {"format_version": FORMAT_VERSION, **checkpoint}
-    atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+    atomic_write(Path(path), lambda file: torch.save(checkpoint, file))
 
 
-def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint safely and check its format and architecture.
+def load_checkpoint(path: str | Path, expected_arch: str | None = None, *,
+                    training: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely and check its structure field by field.
+
+    Args:
+        path: the checkpoint file.
+        expected_arch: the registered model name it must hold (None: any).
+        training: also require the fields that resuming needs (optimizer, scheduler, history).
 
     Raises:
-        CheckpointError: missing, unreadable/corrupt, newer format, or other architecture.
+        CheckpointError: missing, unreadable, unsafe, malformed, newer format, or other
+            architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a"
-                              f" safe optdepth checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "arch" not in ckpt:
-        raise CheckpointError(f"{path} is not an optdepth checkpoint (no format_version/arch)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this"
-                              f" optdepth supports ({FORMAT_VERSION}); upgrade optdepth")
+    ckpt = read_torch_file(path, "checkpoint")
+    _check_structure(ckpt, path, training)
     arch = ckpt["arch"]["name"]
     if expected_arch is not None and arch != expected_arch:
         raise CheckpointError(f"{path} holds a {arch!r} model, not {expected_arch!r}; "
@@ -54,34 +72,160 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
     return ckpt
 
 
-def restore_training_state(path: Path, arch: str, model: torch.nn.Module,
+def _check_structure(ckpt: Any, path: Path, training: bool) -> None:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a valid optdepth checkpoint: {what}")
+
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "arch" not in ckpt:
+        raise bad("no format_version/arch fields")
+    version = ckpt["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad(f"format_version is {version!r}, not a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version}, newer than this optdepth"
+                              f" supports ({FORMAT_VERSION}); upgrade optdepth")
+    arch = ckpt["arch"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) \
+            or not isinstance(arch.get("kwargs"), dict) \
+            or not all(isinstance(k, str) for k in arch["kwargs"]):
+        raise bad("arch must be {'name': str, 'kwargs': {str: value}}")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise bad("state_dict must be a non-empty mapping of names to tensors")
+    if not isinstance(ckpt.get("config", {}), dict):
+        raise bad("config must be a mapping")
+    if training:
+        for name, kind in _TRAINING_FIELDS.items():
+            if not isinstance(ckpt.get(name), kind):
+                raise bad(f"{name} must be a {kind.__name__} to resume training")
+        epoch = ckpt.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch != len(ckpt["history"]) \
+                or not all(isinstance(r, dict) for r in ckpt["history"]):
+            raise bad(f"epoch ({epoch!r}) must be an integer equal to the number of history records")
+
+
+def check_arch(ckpt: Mapping[str, Any], path: Path, name: str,
+               kwargs: Mapping[str, Any]) -> None:
+    """Raise unless the checkpoint's architecture is ``name`` with (at least) ``kwargs``.
+
+    ``kwargs`` are the architecture arguments the run's config asks for (``weights_path``, a
+    training-time input, is ignored); values are compared as JSON, so tuples equal lists.
+    """
+    stored = ckpt["arch"]
+    wanted = {k: v for k, v in kwargs.items() if k != "weights_path"}
+    differing = {k: (stored["kwargs"].get(k), v) for k, v in wanted.items()
+                 if _as_json(stored["kwargs"].get(k)) != _as_json(v)}
+    if stored["name"] != name or differing:
+        shown = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
+        raise CheckpointError(
+            f"{path} holds {stored['name']!r} {stored['kwargs']}, but the run's config asks for"
+            f" {name!r}{' (' + shown + ')' if shown else ''}. The checkpoint belongs to another"
+            " run: point at the run it came from, or restore this run's own checkpoint.")
+
+
+def _as_json(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def build_checked_model(ckpt: Mapping[str, Any], path: Path) -> MultiExitModel:
+    """The checkpoint's architecture, built only after its shapes are checked against the weights.
+
+    Raises:
+        CheckpointError: the architecture cannot be built from the stored arguments, its
+            parameters do not fit the stored weights, or it would allocate far more memory than
+            the file holds.
+    """
+    name, kwargs = ckpt["arch"]["name"], dict(ckpt["arch"]["kwargs"])
+    kwargs.pop("weights_path", None)  # the checkpoint holds the weights
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(name, **kwargs)
+    except (ConfigError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot build {name!r} from the stored arguments"
+                              f" {kwargs}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    check_weights_fit(skeleton, ckpt["state_dict"], path)
+    return create_model(name, **kwargs)
+
+
+def check_weights_fit(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                      path: Path) -> None:
+    """Raise unless ``state_dict`` has exactly ``model``'s keys and shapes (model may be on meta)."""
+    own = model.state_dict()
+    problems = state_dict_mismatches(own, dict(state_dict))
+    if problems:
+        arch = getattr(model, "arch_name", type(model).__name__)
+        raise CheckpointError(f"{path}: the stored weights do not fit {arch}"
+                              f" {getattr(model, 'arch_kwargs', {})}:\n" + "\n".join(problems))
+    stored = sum(t.numel() for t in state_dict.values())
+    needed = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    if needed > stored + _EXTRA_ELEMENTS:
+        raise CheckpointError(f"{path}: its architecture arguments would allocate {needed:,}"
+                              f" values, far more than the {stored:,} the file holds; the"
+                              " checkpoint is corrupt or was edited")
+
+
+def restore_training_state(path: Path, arch: str, model: MultiExitModel,
                            optimizer: torch.optim.Optimizer, scheduler: Any) -> list[dict[str, Any]]:
     """Load a training checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place.
 
+    ``model`` is the run's model as its config builds it: the checkpoint must hold the same
+    architecture (name and arguments) and weights of the same shapes.
+
     Returns:
         The per-epoch history records stored with it.
+
+    Raises:
+        CheckpointError: a malformed checkpoint, or one of another architecture or size.
     """
-    ckpt = load_checkpoint(path, expected_arch=arch)
+    ckpt = load_checkpoint(path, training=True)
+    check_arch(ckpt, path, arch, model.arch_kwargs)
+    check_weights_fit(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this run"
+                              f" ({type(exc).__name__}: {exc})") from exc
     return list(ckpt["history"])
 
 
 def load_model(path: str | Path, expected_arch: str | None = None) -> MultiExitModel:
     """Rebuild a trained model from a checkpoint file or a run directory, in eval mode.
 
+    For a run directory, the checkpoint must hold the model its ``config.json`` names, with
+    the architecture arguments given there (``model_kwargs``).
+
     Raises:
-        CheckpointError: unreadable checkpoint or weights that do not fit the architecture.
+        CheckpointError: unreadable or malformed checkpoint, one that belongs to another run,
+            or weights that do not fit the architecture.
     """
     path = Path(path)
+    config = None
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        config = _read_run_config(path / "config.json")
+        path = checkpoint_path(path)
     ckpt = load_checkpoint(path, expected_arch)
-    model = create_model(ckpt["arch"]["name"], **ckpt["arch"]["kwargs"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {ckpt['arch']['name']} "
-                              f"{ckpt['arch']['kwargs']}: {str(exc).splitlines()[0]}") from exc
+    if config is not None:
+        check_arch(ckpt, path, config["model"], config["model_kwargs"])
+    model = build_checked_model(ckpt, path)
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def _read_run_config(path: Path) -> dict[str, Any] | None:
+    """A run's config.json as a dict with ``model`` and ``model_kwargs`` (None if absent)."""
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the run's config {path}: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str) \
+            or not isinstance(config.get("model_kwargs", {}), dict):
+        raise CheckpointError(f"{path} is not an optdepth run config (no model name)")
+    return {"model": config["model"], "model_kwargs": config.get("model_kwargs", {})}

@@ -135,18 +135,10 @@ def _exits(text: str | None) -> str | int | None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from optdepth.checkpoints import load_checkpoint
-    from optdepth.data import load_run_dataset
     from optdepth.evaluation import evaluate_run
 
-    data = None
-    if args.data_dir:
-        stored = load_checkpoint(Path(args.run) / "checkpoints" / "last.pt")["config"]
-        data = load_run_dataset({**stored, "data_dir": args.data_dir})
-    summary = evaluate_run(args.run, data=data, batch_size=args.batch_size,
-                           progress=not args.no_progress, device=args.device)
+    summary = evaluate_run(args.run, batch_size=args.batch_size, progress=not args.no_progress,
+                           device=args.device, data_dir=args.data_dir)
     accs = ", ".join(f"{100 * a:.2f}" for a in summary["exit_accuracy"])
     log.info("test accuracy per exit (%%): %s", accs)
     log.info("decay fit: K = %.3f, rho = %.3f", summary["decay_fit"]["K"],

@@ -42,6 +42,7 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
+from optdepth.rundir import DEMO_MARKER, write_lock, write_marker
 from optdepth.traces import load_traces
 from optdepth.training.config import TrainConfig
 from optdepth.training.trainer import train_or_resume
@@ -207,8 +208,15 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     if epochs is not None:
         plan = dataclasses.replace(plan, epochs=epochs)
     configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
-    beta = configs["ldepth"].beta
-    data = load_fashion_mnist(data_dir)
+    with write_lock(out, DEMO_MARKER):
+        data = load_fashion_mnist(data_dir)
+        write_marker(out, DEMO_MARKER, "demo")
+        return _train_and_report(out, model, plan, configs, data, progress, start)
+
+
+def _train_and_report(out: Path, model: str, plan: DemoSchedule, configs: dict[str, TrainConfig],
+                      data: FashionMNIST, progress: bool, start: float) -> dict[str, Any]:
+    """Both nets: train (or resume), evaluate, fit and time the policies; plots and report."""
     nets = {}
     for name, config in configs.items():
         log.info("training %s (beta = %g, %d epochs)", name, config.beta, config.epochs)
@@ -219,7 +227,7 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
         nets[name].update(policy_metrics(run_dir, data, nets[name], plan.timing_repeats))
     metrics = {"model": model, "model_kwargs": configs["baseline"].model_kwargs, "nets": nets,
                "matched_accuracy": matched_accuracy_comparison(nets),
-               "schedule": {**dataclasses.asdict(plan), "beta": beta,
+               "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta,
                             "regularizer": configs["ldepth"].regularizer},
                "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "machine": platform.processor() or platform.machine()},

@@ -49,6 +49,7 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
+from optdepth.rundir import DEMO_MARKER, write_lock, write_marker
 from optdepth.traces import Traces
 from optdepth.training.lm_trainer import (
     LMTrainConfig,
@@ -116,12 +117,13 @@ def evaluate_lm_net(model: CausalLM, run_dir: Path, corpus: TextCorpus,
     """Trace both splits (the test traces are saved), summarise the test split."""
     traces = {name: collect_lm_traces(model, getattr(corpus, name), name, plan.eval_tokens)
               for name in ("calibration", "test")}
-    traces["test"].save(run_dir / "evaluation" / "traces_test.npz")
     summary = summarize_lm(traces["test"], model)
     fit = summary.pop("decay_fit")
     net = {**summary, "rho": fit["rho"], "K": fit["K"], "decay_fit_r2": fit["r2"],
            "calibration_exit_accuracy": [float(a) for a in traces["calibration"].exit_accuracy()]}
-    write_json(run_dir / "evaluation" / "summary.json", net)
+    with write_lock(run_dir, "config.json"):
+        traces["test"].save(run_dir / "evaluation" / "traces_test.npz")
+        write_json(run_dir / "evaluation" / "summary.json", net)
     return net, traces["calibration"], traces["test"]
 
 
@@ -182,7 +184,16 @@ def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAUL
     plan = SCHEDULES[schedule] if epochs is None else dataclasses.replace(SCHEDULES[schedule],
                                                                           epochs=epochs)
     configs = lm_demo_configs(plan, beta, text, threads, model)
-    corpus = load_text_corpus(text)
+    with write_lock(out, DEMO_MARKER):
+        corpus = load_text_corpus(text)
+        write_marker(out, DEMO_MARKER, "lm-demo")
+        return _train_and_report(out, model, plan, configs, corpus, progress, start)
+
+
+def _train_and_report(out: Path, model: str, plan: LMDemoSchedule,
+                      configs: dict[str, LMTrainConfig], corpus: TextCorpus, progress: bool,
+                      start: float) -> dict[str, Any]:
+    """Both LMs: train (or resume), evaluate, fit and time the policies; plots and report."""
     nets = {}
     for name, config in configs.items():
         log.info("training LM %s (beta = %g, %d x %d steps)", name, config.beta, config.epochs,
@@ -192,7 +203,7 @@ def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAUL
         nets[name], cal, test = evaluate_lm_net(lm, run_dir, corpus, plan)
         log.info("fitting exit policies and timing early-exit decoding for %s", name)
         nets[name].update(lm_policy_metrics(lm, cal, test, corpus, plan, nets[name]))
-    metrics = {"nets": nets, "schedule": {**dataclasses.asdict(plan), "beta": beta},
+    metrics = {"nets": nets, "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta},
                "model": {"name": model, "context": lm.context, "layers": lm.num_blocks,
                          "dim": lm.dim, "parameters": sum(p.numel() for p in lm.parameters())},
                "corpus": {"source": corpus.source, **{f"{s}_bytes": len(getattr(corpus, s))

@@ -19,3 +19,15 @@ class CheckpointError(OptDepthError):
 
 class TrainingError(OptDepthError):
     """Training diverged (NaN/inf loss) or cannot continue."""
+
+
+class RunDirError(OptDepthError):
+    """An output folder is not ours to write (it holds someone else's files)."""
+
+
+class RunBusyError(RunDirError):
+    """Another process is writing the same run directory."""
+
+
+class TraceError(DataError, ValueError):
+    """A trace file is missing, unreadable, truncated, or holds inconsistent arrays."""

@@ -24,11 +24,16 @@ the first exit), ``relative_residual_norm`` (||F||/||S|| of the block just befor
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from optdepth.errors import TraceError
+from optdepth.io import atomic_write
 
 TRACE_FORMAT_VERSION = 1
 FEATURES = ("max_prob", "margin", "entropy", "agreement", "relative_residual_norm", "cost")
@@ -113,35 +118,75 @@ class Traces:
         return self.correct().mean(axis=0)
 
     def save(self, path: str | Path) -> None:
-        """Write an .npz atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
+        """Write an .npz atomically (see :func:`optdepth.io.atomic_write`)."""
         meta = {"format_version": TRACE_FORMAT_VERSION, "feature_names": list(FEATURES),
                 **self.metadata}
-        np.savez_compressed(tmp, probs=self.probs, labels=self.labels, features=self.features,
-                            exit_costs=self.exit_costs, residual_norms=self.residual_norms,
-                            state_norms=self.state_norms, exit_blocks=self.exit_blocks,
-                            metadata=np.array(json.dumps(meta)))
-        tmp.replace(path)
+        arrays = {name: getattr(self, name) for name in ARRAYS}
+        atomic_write(path, lambda file: np.savez_compressed(
+            file, **arrays, metadata=np.array(json.dumps(meta))))
+
+
+#: The arrays of a trace file, in the order of the module docstring's table.
+ARRAYS = ("probs", "labels", "features", "exit_costs", "residual_norms", "state_norms",
+          "exit_blocks")
 
 
 def load_traces(path: str | Path) -> Traces:
     """Read a trace file written by :meth:`Traces.save` (no torch needed).
 
     Raises:
-        ValueError: not a trace file, or a newer format version.
+        TraceError: missing, unreadable or truncated file, bad metadata, a newer format
+            version, or arrays whose shapes do not agree (the message names the file).
     """
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read trace file {path}: {exc}") from exc
-    missing = {"probs", "labels", "features", "exit_costs", "metadata"} - set(arrays)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise TraceError(f"cannot read trace file {path}: it is truncated, corrupt or not an .npz"
+                         f" file ({type(exc).__name__}: {exc})") from exc
+    missing = set(ARRAYS) - set(arrays) | ({"metadata"} - set(arrays))
     if missing:
-        raise ValueError(f"{path} is not an optdepth trace file (missing {sorted(missing)})")
-    meta = json.loads(str(arrays.pop("metadata")))
+        raise TraceError(f"{path} is not an optdepth trace file (missing {sorted(missing)})")
+    try:
+        meta = json.loads(str(arrays.pop("metadata")))
+    except ValueError as exc:
+        raise TraceError(f"{path}: its metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
+        raise TraceError(f"{path}: its metadata must be a JSON object with an integer"
+                         " format_version")
     if meta.get("format_version", 0) > TRACE_FORMAT_VERSION:
-        raise ValueError(f"{path} has trace format {meta['format_version']}, newer than "
+        raise TraceError(f"{path} has trace format {meta['format_version']}, newer than "
                          f"supported ({TRACE_FORMAT_VERSION}); upgrade optdepth")
-    return Traces(metadata=meta, **arrays)
+    _check_shapes(path, {k: v for k, v in arrays.items() if k in ARRAYS})
+    return Traces(metadata=meta, **{k: arrays[k] for k in ARRAYS})
+
+
+def _check_shapes(path: Path, a: dict[str, np.ndarray]) -> None:
+    """Raise TraceError unless the arrays' shapes and dtypes agree as the format says."""
+    problems = []
+    if a["probs"].ndim != 3 or not np.issubdtype(a["probs"].dtype, np.floating):
+        problems.append(f"probs must be a float (N, T, C) array, got {a['probs'].dtype}"
+                        f" {a['probs'].shape}")
+    else:
+        n, t, c = a["probs"].shape
+        expected = {"labels": (n,), "features": (n, t, len(FEATURES)), "exit_costs": (t,),
+                    "exit_blocks": (t,)}
+        problems += [f"{k} has shape {a[k].shape}, expected {shape}"
+                     for k, shape in expected.items() if a[k].shape != shape]
+        norms = [a["residual_norms"].shape, a["state_norms"].shape]
+        if any(len(s) != 2 or s[0] != n for s in norms) or norms[0] != norms[1]:
+            problems.append(f"residual_norms {norms[0]} and state_norms {norms[1]} must both be"
+                            f" ({n}, blocks)")
+        elif a["exit_blocks"].shape == (t,) and t and not (
+                np.issubdtype(a["exit_blocks"].dtype, np.integer)
+                and 0 <= a["exit_blocks"].min() and a["exit_blocks"].max() < norms[0][1]):
+            problems.append(f"exit_blocks must be block indices in [0, {norms[0][1]})")
+        if a["labels"].shape == (n,) and n and not (
+                np.issubdtype(a["labels"].dtype, np.integer)
+                and 0 <= a["labels"].min() and a["labels"].max() < c):
+            problems.append(f"labels must be integers in [0, {c})")
+    if problems:
+        raise TraceError(f"{path} holds inconsistent arrays: " + "; ".join(problems))

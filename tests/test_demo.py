@@ -34,8 +34,10 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
         assert net["exit_compute"][-1] == 1.0
         assert len(net["relative_residual_norm"]) == 9
         assert 0 < net["rho"] and net["K"] > 0
-        # a real network on real data: far above chance even after the quick schedule
-        assert net["exit_accuracy"][-1] > 0.7
+        # A real network on real data: far above chance (0.1) after the quick schedule. Its 64
+        # steps at lr 0.2 are chaotic: over seeds 0-2 with AVX-512 and AVX2 kernels the last
+        # exit reached 0.68-0.75, so 0.5 leaves a margin no CPU's numerics cross.
+        assert net["exit_accuracy"][-1] > 0.5
         assert set(net["policies"]) == {"max_prob", "entropy", "patience", "osla", "lsm", "oracle"}
         for name, record in net["policies"].items():
             iso = record["iso_accuracy"]

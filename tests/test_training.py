@@ -50,9 +50,11 @@ def test_run_directory_contents(tmp_path, tiny):
 
 
 def test_training_learns_the_synthetic_task(tmp_path):
-    # enough steps (4 epochs x 32 batches) for BatchNorm's running statistics to settle
+    # enough steps (4 epochs x 32 batches) for BatchNorm's running statistics to settle; no
+    # augmentation: its 2-pixel shifts move a class's bar onto the next class's row, which left
+    # the accuracy curve crossing 0.9 only in the last epoch, at a point that varied by CPU
     data = tiny_data(n_train=1024, n_cal=256, n_test=64)
-    config = TINY.replace(epochs=4, batch_size=32, beta=0.0, lr=0.05)
+    config = TINY.replace(epochs=4, batch_size=32, beta=0.0, lr=0.05, augment=False)
     result = train(config, tmp_path / "run", data=data, progress=False)
     assert result.history[-1]["cal_accuracy"] > 0.9
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -112,17 +114,33 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny):
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
-def test_run_stopped_inside_its_first_epoch_restarts(tmp_path, tiny):
-    # A kill before the first checkpoint leaves config.json alone: the same settings restart,
-    # other settings are refused and the folder is left as it was.
+def test_run_stopped_inside_its_first_epoch_is_taken_over(tmp_path, tiny):
+    # A kill before the first checkpoint leaves config.json only: nothing to keep, so the
+    # same settings restart it and other settings replace it.
     config, run = TINY.replace(epochs=1), tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(config.to_dict()))
-    with pytest.raises(ConfigError, match="holds a run with other settings"):
-        optdepth.training.train_or_resume(config.replace(lr=0.3), run, data=tiny, progress=False)
-    assert json.loads((run / "config.json").read_text()) == config.to_dict()
-    result = optdepth.training.train_or_resume(config, run, data=tiny, progress=False)
+    (run / "metrics.jsonl").write_text("")
+    result = optdepth.training.train_or_resume(config.replace(lr=0.03), run, data=tiny,
+                                               progress=False)
     assert [r["epoch"] for r in result.history] == [1]
+    assert json.loads((run / "config.json").read_text()) == config.replace(lr=0.03).to_dict()
+
+
+@pytest.mark.parametrize("rerun", ["corrected", "resume"])
+def test_run_that_diverged_in_its_first_epoch_can_be_rerun(tmp_path, tiny, rerun):
+    """A NaN first epoch leaves a folder that the corrected command or --resume takes over."""
+    run = tmp_path / "run"
+    diverging = TINY.replace(epochs=1, lr=1e30, lr_warmup_epochs=0.0)
+    with pytest.raises(TrainingError, match="loss became"):
+        train(diverging, run, data=tiny, progress=False)
+    if rerun == "resume":  # the stored settings start again (and diverge again), not refused
+        with pytest.raises(TrainingError, match="loss became"):
+            train(TINY, run, resume=True, data=tiny, progress=False)
+        return
+    result = train(diverging.replace(lr=0.05), run, data=tiny, progress=False)
+    assert [r["epoch"] for r in result.history] == [1]
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.05
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, tiny):

@@ -137,8 +137,9 @@ def test_online_equals_offline_for_every_policy(trained_vit):
     for name in list_exit_policies():
         for param in policy_grid(name, cal, patience=(1, 2)):
             policy = fit_exit_policy(name, ctx, float(param))
-            used |= assert_online_equals_offline(model, policy, data, test, f"{name}({param:.3g})",
-                                                 features="exact")
+            # features "close", not bitwise: a batch of another size may take other kernels on
+            # another CPU (MKL and oneDNN choose by vendor and shape)
+            used |= assert_online_equals_offline(model, policy, data, test, f"{name}({param:.3g})")
     assert len(used) >= 3, f"policies used only exits {sorted(used)}: the test would be weak"
 
 

@@ -2,7 +2,8 @@
 
 Lookup order for the files: an explicit ``data_dir``; ``/usr/share/datasets/fashion-mnist``
 (Debian package ``dataset-fashion-mnist``); torchvision's standard download into
-``~/.cache/optdepth``. The calibration split (5,000 images) is held out of the 60,000 training
+``$OPTDEPTH_CACHE`` (default ``~/.cache/optdepth``), the only place outside an output folder
+that optdepth itself writes to. The calibration split (5,000 images) is held out of the 60,000 training
 images with a fixed seed, independent of the training seed, so every run sees the same split.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +91,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read {path}: {exc}. The file is missing or corrupt; "
                         "re-install or re-download the Fashion-MNIST files.") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -114,7 +116,9 @@ def _read_folder(folder: Path) -> dict[str, np.ndarray]:
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
             raise DataError(f"{folder}: {split} files hold images {images.shape} and labels"
                             f" {labels.shape}; expected (N, 28, 28) images and N labels")
-        if labels.size and labels.max() > 9:
+        if len(labels) == 0:
+            raise DataError(f"{folder}: the {split} files hold no images")
+        if labels.max() > 9:
             raise DataError(f"{folder}: {split} labels go up to {labels.max()}, expected 0..9")
     return arrays
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from optdepth.checkpoints import load_checkpoint, load_model
+from optdepth.checkpoints import checkpoint_path, load_model
 from optdepth.data.source import BatchSource, SplitDataset, load_run_dataset
+from optdepth.errors import CheckpointError, ConfigError
 from optdepth.evaluation.inference import forward_split
 from optdepth.io import write_json
 from optdepth.models.base import MultiExitModel
+from optdepth.rundir import write_lock
 from optdepth.stopping import fit_diminishing_returns
 from optdepth.traces import Traces, exit_features
 
@@ -59,8 +60,12 @@ def summarize(traces: Traces) -> dict[str, Any]:
 
 
 def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_size: int = 1000,
-                 progress: bool = True, device: str | None = None) -> dict[str, Any]:
+                 progress: bool = True, device: str | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
     """Evaluate ``run_dir``'s last checkpoint on the test split; write ``run_dir/evaluation``.
+
+    The checkpoint must hold the architecture the run's config.json names; the folder is
+    locked while its evaluation is written (a concurrent writer gets a "busy" error).
 
     Args:
         run_dir: a run directory written by :func:`optdepth.training.train`.
@@ -69,15 +74,41 @@ def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_si
         batch_size: samples per forward pass.
         progress: show progress bars.
         device: where to run the model (default: cuda if available, else cpu).
+        data_dir: the data's folder, if it moved since training (replaces the config's).
 
     Returns:
         The summary dict also written to ``evaluation/summary.json``.
+
+    Raises:
+        ConfigError: bad batch size, or a folder that is not an image-classification run.
+        CheckpointError: missing, malformed or mismatched checkpoint.
+        RunBusyError: another process is writing the run.
     """
+    from optdepth.training.config import TrainConfig  # training imports evaluation
+    from optdepth.training.distributed import choose_device
+
     run_dir = Path(run_dir)
-    model = load_model(run_dir)
-    if data is None:
-        data = load_run_dataset(load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"])
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not checkpoint_path(run_dir).is_file():
+        raise CheckpointError(f"{run_dir} holds no trained run (no {checkpoint_path(run_dir)});"
+                              " train one with `optdepth train --out RUN` first")
+    with write_lock(run_dir, "config.json"):
+        config = TrainConfig.from_file(run_dir / "config.json")
+        if data_dir is not None:
+            config = config.replace(data_dir=data_dir)
+        model = load_model(run_dir)
+        if data is None:
+            data = load_run_dataset(config.to_dict())
+        if model.num_classes != len(data.classes):
+            raise CheckpointError(f"{checkpoint_path(run_dir)} predicts {model.num_classes}"
+                                  f" classes, the run's data has {len(data.classes)}")
+        model.to(choose_device(device))
+        return _write_evaluation(model, data, run_dir, batch_size, progress)
+
+
+def _write_evaluation(model: MultiExitModel, data: SplitDataset, run_dir: Path, batch_size: int,
+                      progress: bool) -> dict[str, Any]:
     out = run_dir / "evaluation"
     traces = {name: collect_traces(model, getattr(data, name), name, batch_size, progress)
               for name in ("calibration", "test")}
@@ -89,4 +120,3 @@ def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_si
     write_json(out / "summary.json", summary)
     log.info("evaluated %s: final-exit test accuracy %.4f", run_dir, summary["exit_accuracy"][-1])
     return summary
-

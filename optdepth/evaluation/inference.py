@@ -50,9 +50,12 @@ def forward_split(model: MultiExitModel, split: BatchSource, batch_size: int = 1
     model.eval()
     device = next(model.parameters()).device
     probs, res, base, labels = [], [], [], []
+    seen = 0
     try:
         for images, y in tqdm(split.batches(batch_size), total=split.num_batches(batch_size),
                               desc=desc, disable=not progress, leave=False):
+            model.check_finite(images, offset=seen)
+            seen += len(images)
             out = model(images.to(device, non_blocking=True))
             probs.append(out.logits.float().softmax(-1).permute(1, 0, 2).cpu())  # (B, T, C)
             res.append(out.residual_norms.T.cpu())

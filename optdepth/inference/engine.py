@@ -351,6 +351,7 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Spli
     if images.dim() >= 1 and images.shape[0] == 0:
         raise ValueError("the data is empty (N=0 samples): nothing to predict")
     model.check_input(images)
+    model.check_finite(images)
     source = model_source(model)
     check_policy(policy, source, f"the model ({source.arch or type(model).__name__})")
     costs = np.asarray(source.exit_costs, dtype=np.float32)

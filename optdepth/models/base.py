@@ -96,6 +96,21 @@ class MultiExitModel(nn.Module):
                 " (create_model(name, in_channels=..., image_size=...)) or resize the data."
             )
 
+    @staticmethod
+    def check_finite(x: Tensor, offset: int = 0) -> None:
+        """Raise :class:`DataError` if the input batch holds NaN or infinite values.
+
+        Evaluation and early exit call this (training does not: on a GPU it would stall every
+        step), so that bad inputs are named as such rather than surfacing as NaN features.
+        ``offset`` is the index of the batch's first sample in its split, for the message.
+        """
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.numel() else None
+        if finite is not None and not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            raise DataError(f"the input holds NaN or infinite values (samples"
+                            f" {', '.join(str(offset + i) for i in bad)}"
+                            f"{' ...' if int((~finite).sum()) > 5 else ''}); clean or drop them")
+
     def forward(self, x: Tensor) -> ExitOutputs:
         """Full forward through every exit: logits (T, B, C)."""
         return self.forward_until(x, self.num_exits - 1)

@@ -26,6 +26,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from optdepth.errors import CheckpointError, ConfigError
 from optdepth.models.base import ExitSpec, MultiExitModel, StepOutput, exit_positions, per_sample_norm
 from optdepth.models.registry import register_model
+from optdepth.tensor_files import read_torch_file, state_dict_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,7 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | Path) -> None:
             (the message lists the missing, unexpected and mis-shaped keys).
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for missing, corrupt or unsafe files
-        raise CheckpointError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. "
-                              "Pass a torchvision state dict saved with torch.save.") from exc
+    state = read_torch_file(path, "weights file")
     if isinstance(state, dict):
         state = state.get("state_dict", state.get("model", state))
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -194,7 +191,7 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | Path) -> None:
                     path, state["fc.bias"].shape[0], model.num_classes)
         state = {k: v for k, v in state.items() if k not in head}
         own = {k: v for k, v in own.items() if k not in head}
-    problems = _mismatches(own, state)
+    problems = state_dict_mismatches(own, state)
     if problems:
         raise CheckpointError(f"weights in {path} do not fit {type(model).__name__} with "
                               f"{model.num_blocks} blocks and {model.input_shape[0]} input channels"
@@ -202,20 +199,6 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | Path) -> None:
                               " resnet50 weights, and 3-channel images):\n" + "\n".join(problems))
     model.load_state_dict(state, strict=False)
     log.info("loaded torchvision weights from %s", path)
-
-
-def _mismatches(own: dict[str, Tensor], state: dict[str, Tensor], show: int = 8) -> list[str]:
-    """Lines naming missing, unexpected and mis-shaped keys (at most ``show`` of each kind)."""
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    lines = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-        if keys:
-            more = f" ... and {len(keys) - show} more" if len(keys) > show else ""
-            lines.append(f"  {label} ({len(keys)}): {', '.join(keys[:show])}{more}")
-    return lines
 
 
 def _factory(depth: int):

@@ -12,16 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from optdepth.io import atomic_write  # noqa: E402
+
 STYLE = {"figure.dpi": 150, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False}
 
 
 def _save(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    """Write ``fig`` as a PNG atomically (see :func:`optdepth.io.atomic_write`) and close it."""
+    try:
+        atomic_write(path, lambda file: fig.savefig(file, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_exit_accuracy(nets: Mapping[str, Mapping[str, Any]], path: Path) -> None:

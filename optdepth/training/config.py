@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,60 @@ from optdepth.errors import ConfigError
 from optdepth.losses.depth import list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
 from optdepth.models.registry import list_models
+from optdepth.training.distributed import DEVICE_PATTERN
 
 #: Optimizers the trainer builds: SGD with Nesterov momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adamw")
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds agree on 0 .. 2^32 - 1
+
+
+def check_field_types(config: Any) -> None:
+    """Raise ConfigError unless every field of the dataclass ``config`` has its annotated type.
+
+    Strict, as TOML, JSON and Python callers all need: a bool is not an int (``True`` is no
+    thread count), a string is not a bool (``augment = "no"``), an int is accepted for a float,
+    a list for a tuple of items.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if not _has_type(value, hint):
+            raise ConfigError(f"{f.name} must be {_describe(hint)}, got {value!r}"
+                              f" ({type(value).__name__})")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(arg) for arg in args)
+    if hint is type(None):
+        return "null"
+    if origin is dict:
+        return "a table of settings"
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}s"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 @dataclass(frozen=True)
@@ -60,6 +114,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self._check_names()
         self._check_numbers()
 
@@ -82,20 +137,19 @@ class TrainConfig:
         if self.dataset != "imagefolder" and self.image_size is not None:
             raise ConfigError(f"image_size applies to the imagefolder dataset only ({self.dataset}"
                               " images have a fixed size)")
-        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+        if self.device is not None and not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def _check_numbers(self) -> None:
-        positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size,
-                         "eval_batch_size": self.eval_batch_size}
-        for name, value in positive_ints.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+        check_common_numbers(self)
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
-        for name in ("train_subset", "threads", "image_size", "calibration_size"):
+        for name in ("train_subset", "image_size", "calibration_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and value < 1:
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}; try 0.1-0.2")
@@ -121,21 +175,44 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls().replace(**data)
-
-    @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a .json or .toml file whose keys are TrainConfig fields."""
-        path = Path(path)
+        return cls.from_dict(read_settings(path), source=path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
+        """A config from ``data``; errors name ``source`` (the file it came from) if given."""
         try:
-            text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a table/object of settings")
-        return cls.from_dict(data)
+            return cls().replace(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source is not None else str(exc)) from exc
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The table of settings in a .toml or .json file.
+
+    Raises:
+        ConfigError: unreadable file, bad syntax, or not a table of settings.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError included
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    return data
+
+
+def check_common_numbers(config: Any) -> None:
+    """Ranges of the fields every training config has: epochs, seed, threads."""
+    if not 1 <= config.epochs <= MAX_EPOCHS:
+        raise ConfigError(f"epochs must be a positive integer <= {MAX_EPOCHS:,}, got {config.epochs!r}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2^32 - 1], got {config.seed!r}")
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"threads must be a positive integer or null, got {config.threads!r}")
 
 
 def _finite(value: Any) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +54,21 @@ class DistContext:
         return self.world_size > 1
 
 
+#: The devices optdepth runs on.
+DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
+
+
 def choose_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``device`` as asked (None: cuda if available), with ``cuda`` meaning ``cuda:LOCAL_RANK``."""
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for but CUDA is not available; "
                           "use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} does not exist: this machine has"
+                          f" {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 

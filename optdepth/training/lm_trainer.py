@@ -33,17 +33,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from optdepth.checkpoints import load_model, restore_training_state, save_checkpoint
+from optdepth.checkpoints import checkpoint_path, load_model, restore_training_state, save_checkpoint
 from optdepth.data.text import TextCorpus, TextSplit, eval_windows, load_text_corpus, random_windows
 from optdepth.errors import CheckpointError, ConfigError, TrainingError
 from optdepth.evaluation.evaluate import summarize
-from optdepth.io import write_json, write_text
+from optdepth.io import write_text
 from optdepth.losses.depth import create_regularizer, list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS, multi_exit_cross_entropy
 from optdepth.models.causal_lm import CausalLM
 from optdepth.models.registry import create_model
+from optdepth.rundir import write_lock
 from optdepth.traces import Traces, exit_features
-from optdepth.training.trainer import cosine_with_warmup
+from optdepth.training.config import check_common_numbers, check_field_types, read_settings
+from optdepth.training.trainer import cosine_with_warmup, open_event_log, start_fresh
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +78,24 @@ class LMTrainConfig:
     eval_tokens: int = 8192
 
     def __post_init__(self) -> None:
-        if self.text is not None:
-            object.__setattr__(self, "text", tuple(str(t) for t in self.text))
+        if isinstance(self.text, list | tuple):  # paths may come as Path objects from Python
+            object.__setattr__(self, "text", tuple(str(t) if isinstance(t, Path) else t
+                                                   for t in self.text))
+        check_field_types(self)
+        check_common_numbers(self)
         if self.regularizer not in list_regularizers():
             raise ConfigError(f"unknown regularizer {self.regularizer!r}; available: "
                               f"{', '.join(list_regularizers())}")
         if self.exit_weighting not in EXIT_WEIGHTINGS:
             raise ConfigError(f"unknown exit_weighting {self.exit_weighting!r}; choose one of "
                               f"{EXIT_WEIGHTINGS}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "eval_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("steps_per_epoch", "batch_size", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("lr", "weight_decay", "grad_clip", "beta", "beta_warmup_epochs",
                      "lr_warmup_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,11 +106,15 @@ class LMTrainConfig:
     @staticmethod
     def from_file(path: str | Path) -> LMTrainConfig:
         """Read a config.json written by :meth:`to_dict`."""
+        raw = read_settings(path)
+        unknown = set(raw) - {f.name for f in dataclasses.fields(LMTrainConfig)}
+        if unknown:
+            raise ConfigError(f"{path} is not an LM run config: unknown keys"
+                              f" {', '.join(sorted(unknown))}")
         try:
-            raw = json.loads(Path(path).read_text())
             return LMTrainConfig(**raw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot read LM config {path}: {exc}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
     def replace(self, **changes: Any) -> LMTrainConfig:
         return dataclasses.replace(self, **changes)
@@ -168,7 +176,7 @@ class _LMRun:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.run_dir)
 
     def restore(self) -> None:
         self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
@@ -228,21 +236,20 @@ class _LMRun:
 
 
 def _prepare_run_dir(config: LMTrainConfig, run_dir: Path) -> bool:
-    """Write config.json into a new run folder; return whether there is a checkpoint to resume.
+    """Check the (claimed, locked) folder; return whether there is a checkpoint to resume.
+
+    A run that never finished an epoch (config.json, no checkpoint) is taken over by ``config``.
 
     Raises:
-        ConfigError: the folder holds a run with other settings, or a checkpoint without config.
+        ConfigError: the folder holds a finished epoch of a run with other settings.
     """
     config_path = run_dir / "config.json"
-    has_checkpoint = (run_dir / "checkpoints" / "last.pt").is_file()
-    if config_path.exists():
-        if LMTrainConfig.from_file(config_path) != config:
-            raise ConfigError(f"{run_dir} holds a run with other settings; use another output "
-                              "folder (earlier results are left untouched)")
-    elif has_checkpoint:
-        raise ConfigError(f"{run_dir} holds a checkpoint but no config.json; use another folder")
-    else:
-        write_json(config_path, config.to_dict())
+    has_checkpoint = checkpoint_path(run_dir).is_file()
+    if has_checkpoint and LMTrainConfig.from_file(config_path) != config:
+        raise ConfigError(f"{run_dir} holds a run with other settings; use another output "
+                          "folder (earlier results are left untouched)")
+    if not has_checkpoint:
+        start_fresh(run_dir, config.to_dict())
     return has_checkpoint
 
 
@@ -253,7 +260,8 @@ def train_lm(config: LMTrainConfig, run_dir: str | Path, *, corpus: TextCorpus |
     Args:
         config: the run's settings.
         run_dir: output folder; a run with the same config there is continued (or, if
-            finished, just reloaded), one with another config is refused.
+            finished, just reloaded), one with another config is refused. The folder is
+            locked while training (see :mod:`optdepth.rundir`).
         corpus: preloaded corpus (else read from ``config.text``).
         progress: show tqdm progress bars.
 
@@ -262,28 +270,31 @@ def train_lm(config: LMTrainConfig, run_dir: str | Path, *, corpus: TextCorpus |
         TrainingError: the loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
-    resume = _prepare_run_dir(config, run_dir)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    run = _LMRun(config, run_dir, corpus or load_text_corpus(config.text))
-    if resume:
-        run.restore()
-        log.info("resuming %s after epoch %d", run_dir, len(run.history))
-    from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
-
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(run.history) + 1)
-    try:
-        for epoch in range(len(run.history), config.epochs):
-            start = time.perf_counter()
-            stats = run.train_epoch(epoch, progress)
-            record = run.end_epoch(epoch, {**stats, "seconds": time.perf_counter() - start})
-            _log_epoch(writer, record)
-    finally:
-        writer.close()
+    with write_lock(run_dir, "config.json"):
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        corpus = corpus or load_text_corpus(config.text)
+        resume = _prepare_run_dir(config, run_dir)
+        run = _LMRun(config, run_dir, corpus)
+        if resume:
+            run.restore()
+            log.info("resuming %s after epoch %d", run_dir, len(run.history))
+        writer = open_event_log(run_dir, run.history, _add_scalars)
+        try:
+            for epoch in range(len(run.history), config.epochs):
+                start = time.perf_counter()
+                stats = run.train_epoch(epoch, progress)
+                record = run.end_epoch(epoch, {**stats, "seconds": time.perf_counter() - start})
+                _add_scalars(writer, record)
+                log.info("epoch %d: loss %.4f, cal next-token acc %.4f, ppl %.3f (%.0f s)",
+                         record["epoch"], record["train_loss"], record["cal_accuracy"],
+                         record["cal_perplexity"][-1], record["seconds"])
+        finally:
+            writer.close()
     return LMTrainResult(run.model.eval(), run.history, run_dir)
 
 
-def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
+def _add_scalars(writer: Any, record: dict[str, Any]) -> None:
     step = record["epoch"]
     for key in ("train_loss", "train_ce", "train_reg", "lr", "beta", "cal_accuracy", "seconds"):
         writer.add_scalar(key, record[key], step)
@@ -291,9 +302,6 @@ def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
                                        strict=True)):
         writer.add_scalar(f"cal_exit_accuracy/exit_{t}", acc, step)
         writer.add_scalar(f"cal_perplexity/exit_{t}", ppl, step)
-    log.info("epoch %d: loss %.4f, cal next-token acc %.4f, ppl %.3f (%.0f s)", step,
-             record["train_loss"], record["cal_accuracy"], record["cal_perplexity"][-1],
-             record["seconds"])
 
 
 # ----------------------------------------------------------------------------- evaluation

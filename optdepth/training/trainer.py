@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from optdepth.checkpoints import restore_training_state, save_checkpoint
+from optdepth.checkpoints import checkpoint_path, restore_training_state, save_checkpoint
 from optdepth.data.source import SplitDataset, load_run_dataset
 from optdepth.errors import CheckpointError, ConfigError, OptDepthError, TrainingError
 from optdepth.evaluation.inference import forward_split
@@ -31,6 +33,7 @@ from optdepth.losses.depth import DepthRegularizer, create_regularizer
 from optdepth.losses.multi_exit import multi_exit_cross_entropy
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import create_model
+from optdepth.rundir import write_lock
 from optdepth.training import distributed
 from optdepth.training.config import TrainConfig
 from optdepth.training.distributed import DistContext
@@ -120,7 +123,7 @@ class _Run:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.run_dir)
 
     def restore(self) -> None:
         self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
@@ -192,38 +195,75 @@ class _Run:
         return record
 
 
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> TrainConfig:
-    """Check the folder and write config.json; on resume, return the stored config."""
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainConfig, bool]:
+    """Check what the (claimed, locked) folder holds; return the config to run and whether to
+    resume from its checkpoint.
+
+    A run that never finished an epoch (config.json but no checkpoint: killed, or diverged in
+    its first epoch) holds nothing to keep: a new command takes it over with its settings, and
+    ``--resume`` starts it again from epoch 1 with the stored ones.
+    """
     config_path = run_dir / "config.json"
+    stored = TrainConfig.from_file(config_path) if config_path.is_file() else None
+    started = checkpoint_path(run_dir).is_file()
     if resume:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise CheckpointError(f"nothing to resume in {run_dir}: no checkpoints/last.pt. "
-                                  "Start a new run without --resume.")
-        return TrainConfig.from_file(config_path)
-    started = (run_dir / "checkpoints" / "last.pt").exists()
-    if started or (config_path.exists() and TrainConfig.from_file(config_path) != config):
+        if stored is None:
+            raise CheckpointError(f"nothing to resume in {run_dir}: no config.json. Start a new"
+                                  " run without --resume.")
+        if not started:
+            log.warning("%s never finished an epoch (no checkpoint): starting it again from"
+                        " epoch 1 with its stored config", run_dir)
+        return stored, started
+    if started:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or "
                           "choose another --out (earlier runs are never overwritten)")
-    # Same settings but no checkpoint: the run stopped inside its first epoch; nothing to keep.
-    write_json(config_path, config.to_dict())
-    return config
+    if stored is not None and stored != config:
+        log.warning("%s holds a run that never finished an epoch: replacing it with the new"
+                    " settings", run_dir)
+    return config, False
+
+
+def start_fresh(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write a new run's config.json, dropping what an unfinished earlier attempt logged."""
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    write_json(run_dir / "config.json", config)
 
 
 def _resolve_config(config: TrainConfig, run_dir: Path, resume: bool,
-                    ctx: DistContext) -> TrainConfig:
-    """Rank 0 checks the folder and writes config.json; every rank gets the outcome."""
-    outcome: dict[str, Any] | OptDepthError | None = None
+                    ctx: DistContext) -> tuple[TrainConfig, bool]:
+    """Rank 0 checks the folder; every rank gets the config to run and whether to resume."""
+    outcome: tuple[dict[str, Any], bool] | OptDepthError
     if ctx.is_main:
         try:
-            outcome = _prepare_run_dir(config, run_dir, resume).to_dict()
+            resolved, resume = _prepare_run_dir(config, run_dir, resume)
+            outcome = (resolved.to_dict(), resume)
         except OptDepthError as exc:
             if not ctx.distributed:
                 raise
             outcome = exc
+    else:
+        outcome = ({}, False)
     outcome = distributed.broadcast(outcome, ctx)
     if isinstance(outcome, OptDepthError):
         raise outcome
-    return TrainConfig.from_dict(outcome)
+    return TrainConfig.from_dict(outcome[0]), outcome[1]
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 claims and locks the run folder for the whole run; every rank learns if it failed."""
+    with ExitStack() as stack:
+        error: OptDepthError | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(write_lock(run_dir, "config.json"))
+            except OptDepthError as exc:
+                error = exc
+        error = distributed.broadcast(error, ctx)
+        if error is not None:
+            raise error
+        yield
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
@@ -235,11 +275,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     ``config.batch_size`` is the global batch, split evenly across the processes; only rank 0
     evaluates, logs and writes checkpoints, metrics and TensorBoard events; ``callbacks`` run
     on every rank with the same record. A run may be resumed with another number of processes.
-    The device is this call's ``config.device`` (on resume too).
+    The device is this call's ``config.device`` (on resume too). The folder is locked for the
+    whole run (see :mod:`optdepth.rundir`): a second writer gets a clear "busy" error.
 
     Args:
         config: the run's settings (ignored on resume: the stored config.json is used).
-        run_dir: output folder; must not already hold a run unless ``resume``.
+        run_dir: output folder: new, empty, or a run of ours; it must not hold a finished
+            epoch unless ``resume``.
         resume: continue from ``run_dir/checkpoints/last.pt``.
         progress: show tqdm progress bars.
         data: preloaded data (else loaded as the config says: dataset, data_dir, ...).
@@ -251,38 +293,52 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     ctx = distributed.setup(config.device)
     try:
-        if resume:
-            config = _resolve_config(config, run_dir, resume, ctx)  # the stored config
-        distributed.check_batch_size(config.batch_size, ctx)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        # Data and model before config.json: a new run that cannot start (missing data, bad
-        # model arguments) leaves no folder behind that would refuse the corrected command.
-        run = _Run(config, run_dir, data or load_run_dataset(config.to_dict()), ctx, resume)
-        if resume:
-            run.restore()
-            log.info("resuming %s after epoch %d", run_dir, len(run.history))
-        else:
-            _resolve_config(config, run_dir, resume, ctx)
-        _run_epochs(run, progress, callbacks)
+        with run_dir_lock(run_dir, ctx):
+            config, resume = _resolve_config(config, run_dir, resume, ctx)
+            distributed.check_batch_size(config.batch_size, ctx)
+            if config.threads is not None:
+                torch.set_num_threads(config.threads)
+            # Data and model before config.json: a new run that cannot start (missing data, bad
+            # model arguments) leaves no folder behind that would refuse the corrected command.
+            run = _Run(config, run_dir, data or load_run_dataset(config.to_dict()), ctx, resume)
+            if resume:
+                run.restore()
+                log.info("resuming %s after epoch %d", run_dir, len(run.history))
+            elif ctx.is_main:
+                start_fresh(run_dir, config.to_dict())
+            _run_epochs(run, progress, callbacks)
     finally:
         distributed.teardown(ctx)
     return TrainResult(run.model, run.history, run_dir)
 
 
-def _run_epochs(run: _Run, progress: bool, callbacks: Sequence[EpochCallback]) -> None:
-    writer = None
-    if run.ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+def open_event_log(run_dir: Path, history: Sequence[dict[str, Any]],
+                   add_scalars: Callable[[Any, dict[str, Any]], None]) -> Any:
+    """A TensorBoard writer on ``run_dir/tb`` that holds exactly ``history`` so far.
 
-        writer = SummaryWriter(str(run.run_dir / "tb"), purge_step=len(run.history) + 1)
+    The events are rewritten from the run's own history at every start, so a resumed run keeps
+    one events file whose steps are those of its checkpoint (none from epochs it lost).
+    """
+    from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    writer = SummaryWriter(str(run_dir / "tb"))
+    for record in history:
+        add_scalars(writer, record)
+    return writer
+
+
+def _run_epochs(run: _Run, progress: bool, callbacks: Sequence[EpochCallback]) -> None:
+    writer = open_event_log(run.run_dir, run.history, _add_scalars) if run.ctx.is_main else None
     try:
         for epoch in range(len(run.history), run.config.epochs):
             start = time.perf_counter()
             stats = run.train_epoch(epoch, progress)
             record = run.end_epoch(epoch, {**stats, "seconds": time.perf_counter() - start})
             if writer is not None:
-                _log_epoch(writer, record)
+                _add_scalars(writer, record)
+                log.info("epoch %d: loss %.4f, cal acc %.4f (%.0f s)", record["epoch"],
+                         record["train_loss"], record["cal_accuracy"], record["seconds"])
             for callback in callbacks:  # on every rank, so that a callback can stop them all
                 callback(record)
     finally:
@@ -290,7 +346,7 @@ def _run_epochs(run: _Run, progress: bool, callbacks: Sequence[EpochCallback]) -
             writer.close()
 
 
-def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
+def _add_scalars(writer: Any, record: dict[str, Any]) -> None:
     step = record["epoch"]
     for key in ("train_loss", "train_ce", "train_reg", "lr", "beta", "cal_accuracy", "seconds"):
         writer.add_scalar(key, record[key], step)
@@ -298,8 +354,6 @@ def _log_epoch(writer: Any, record: dict[str, Any]) -> None:
         writer.add_scalar(f"cal_exit_accuracy/exit_{t}", acc, step)
     for b, r in enumerate(record["relative_residual_norm"]):
         writer.add_scalar(f"relative_residual_norm/block_{b}", r, step)
-    log.info("epoch %d: loss %.4f, cal acc %.4f (%.0f s)", step, record["train_loss"],
-             record["cal_accuracy"], record["seconds"])
 
 
 def train_or_resume(config: TrainConfig, run_dir: str | Path, *, data: SplitDataset | None = None,
@@ -309,11 +363,8 @@ def train_or_resume(config: TrainConfig, run_dir: str | Path, *, data: SplitData
     Raises:
         ConfigError: ``run_dir`` holds a run with other settings (it is left untouched).
     """
-    stored = Path(run_dir) / "config.json"
-    if not stored.exists():
-        return train(config, run_dir, data=data, progress=progress)
-    if TrainConfig.from_file(stored) != config:
+    resume = checkpoint_path(run_dir).is_file()
+    if resume and TrainConfig.from_file(Path(run_dir) / "config.json") != config:
         raise ConfigError(f"{run_dir} holds a run with other settings; use another output folder"
                           " (earlier results are left untouched)")
-    resume = (Path(run_dir) / "checkpoints" / "last.pt").exists()
     return train(config, run_dir, resume=resume, data=data, progress=progress)

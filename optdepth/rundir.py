@@ -1,0 +1,167 @@
+"""Output folders: one writer at a time, never a folder that is not ours.
+
+Every command that writes a folder (``train``, ``evaluate``, the demos) holds that folder's
+write lock while it writes: an advisory ``flock`` on ``FOLDER/.optdepth.lock``, taken without
+waiting, so a second writer stops at once with :class:`~optdepth.errors.RunBusyError` instead of
+interleaving its files with the first one's. The operating system drops the lock when its
+process dies, so a killed run never leaves a stale lock behind. Taking the lock also deletes the
+temporary files of writes that a kill interrupted (see :mod:`optdepth.io`).
+
+A folder is ours when it is missing, empty, or holds the *marker* file that the command writes
+first (``config.json`` for a training run, ``demo.json`` for a demo); anything else is refused
+with the names of what is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from optdepth.errors import RunBusyError, RunDirError
+from optdepth.io import remove_stale_temporaries, write_json
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".optdepth.lock"
+#: The marker of a demo's output folder (a training run's is its config.json).
+DEMO_MARKER = "demo.json"
+
+# Locks this process holds: folder -> [file descriptor, depth]. A demo holds its folder's lock
+# and then trains and evaluates runs inside it, and evaluate may run inside a held train lock,
+# so a lock this process already holds is taken again without touching the file.
+_HELD: dict[Path, list[int]] = {}
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False when another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        pid = lock_path.read_text().strip()
+    except OSError:
+        return "another optdepth process"
+    return f"process {pid}" if pid.isdigit() else "another optdepth process"
+
+
+@contextmanager
+def write_lock(folder: str | Path, marker: str) -> Iterator[bool]:
+    """Claim ``folder`` (see :func:`claim_folder`), then hold its write lock for the block.
+
+    Nothing is created in a folder that is not ours: the claim comes first. Then the folder is
+    created, locked, and cleared of the temporaries of interrupted writes.
+
+    Args:
+        folder: the output folder.
+        marker: the file that marks the folder as written by this kind of command.
+
+    Yields:
+        Whether ``marker`` was already there (an earlier run of ours).
+
+    Raises:
+        RunDirError: the folder is not ours.
+        RunBusyError: another process holds the lock (it is writing this folder now).
+    """
+    folder = Path(folder)
+    ours = claim_folder(folder, marker)
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield ours
+        finally:
+            _HELD[key][1] -= 1
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    if not _try_lock(fd):
+        os.close(fd)
+        raise RunBusyError(f"{folder} is busy: {_holder(lock_path)} is writing it now. Wait for it"
+                           " to finish, or use another output folder.")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = [fd, 1]
+    try:
+        _remove_leftovers(folder)
+        yield ours
+    finally:
+        del _HELD[key]
+        os.close(fd)  # closing the descriptor releases the lock
+        if created:
+            _remove_if_unused(folder)
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Remove a folder this command created but wrote nothing into (it failed before writing),
+    so that it does not stand in the way of the corrected command."""
+    if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:  # something appeared meanwhile: leave it
+            pass
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temporaries of killed writes in ``folder`` and its direct subfolders, but not in
+    subfolders that are runs of their own (they have their own lock and writers)."""
+    places = [folder] + [sub for sub in folder.iterdir()
+                         if sub.is_dir() and not (sub / LOCK_NAME).exists()]
+    for place in places:
+        for path in remove_stale_temporaries(place):
+            log.info("removed %s, left behind by an interrupted write", path)
+
+
+def claim_folder(folder: str | Path, marker: str) -> bool:
+    """Check that ``folder`` is ours to write: missing, empty, or holding ``marker``.
+
+    Args:
+        folder: the output folder a command was given.
+        marker: the file the command writes first, which marks the folder as its own.
+
+    Returns:
+        True when ``marker`` is there (an earlier run of ours), False for a new folder.
+
+    Raises:
+        RunDirError: ``folder`` is a file, or holds other files and no ``marker``.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"{folder} is a file, not a folder; choose another output folder")
+    if (folder / marker).is_file():
+        return True
+    entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) \
+        if folder.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(f"{folder} is not empty and is not an optdepth output folder (no"
+                          f" {marker}): it holds {shown}. Nothing was written; choose a new or"
+                          " empty folder.")
+    return False
+
+
+def write_marker(folder: Path, marker: str, kind: str) -> None:
+    """Mark ``folder`` as an optdepth output folder of ``kind`` (once; an existing marker stays)."""
+    if not (folder / marker).is_file():
+        write_json(folder / marker, {"kind": kind, "written_by": "optdepth"})

@@ -25,7 +25,7 @@ import torch
 from optdepth.errors import CheckpointError, ConfigError
 from optdepth.io import atomic_write
 from optdepth.models.base import MultiExitModel
-from optdepth.models.registry import create_model
+from optdepth.models.registry import DATA_ARGUMENTS, create_model
 from optdepth.tensor_files import read_torch_file, state_dict_mismatches
 
 FORMAT_VERSION = 1
@@ -107,19 +107,24 @@ def _check_structure(ckpt: Any, path: Path, training: bool) -> None:
 
 def check_arch(ckpt: Mapping[str, Any], path: Path, name: str,
                kwargs: Mapping[str, Any]) -> None:
-    """Raise unless the checkpoint's architecture is ``name`` with (at least) ``kwargs``.
+    """Raise unless the checkpoint's architecture is ``name`` built with ``kwargs``.
 
-    ``kwargs`` are the architecture arguments the run's config asks for (``weights_path``, a
-    training-time input, is ignored); values are compared as JSON, so tuples equal lists.
+    ``kwargs`` are the architecture arguments of the run (its config's ``model_kwargs``, or a
+    built model's ``arch_kwargs``). Arguments the trainer takes from the data
+    (:data:`~optdepth.models.registry.DATA_ARGUMENTS`) are compared only where ``kwargs`` gives
+    them; any other argument must agree, including one the checkpoint sets and the run leaves
+    at its default. ``weights_path``, a training-time input, is ignored; values are compared as
+    JSON, so tuples equal lists.
     """
-    stored = ckpt["arch"]
+    stored = {k: v for k, v in ckpt["arch"]["kwargs"].items() if k != "weights_path"}
     wanted = {k: v for k, v in kwargs.items() if k != "weights_path"}
-    differing = {k: (stored["kwargs"].get(k), v) for k, v in wanted.items()
-                 if _as_json(stored["kwargs"].get(k)) != _as_json(v)}
-    if stored["name"] != name or differing:
-        shown = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
+    keys = set(wanted) | (set(stored) - set(DATA_ARGUMENTS))
+    differing = sorted(k for k in keys if _as_json(stored.get(k)) != _as_json(wanted.get(k)))
+    if ckpt["arch"]["name"] != name or differing:
+        shown = ", ".join(f"{k}: checkpoint {stored.get(k, 'default')!r}, config"
+                          f" {wanted.get(k, 'default')!r}" for k in differing)
         raise CheckpointError(
-            f"{path} holds {stored['name']!r} {stored['kwargs']}, but the run's config asks for"
+            f"{path} holds {ckpt['arch']['name']!r} {stored}, but the run's config asks for"
             f" {name!r}{' (' + shown + ')' if shown else ''}. The checkpoint belongs to another"
             " run: point at the run it came from, or restore this run's own checkpoint.")
 

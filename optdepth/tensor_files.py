@@ -34,18 +34,21 @@ def read_torch_file(path: str | Path, what: str) -> Any:
         raise CheckpointError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        blocked = [line.strip() for line in str(exc).splitlines()
-                   if "GLOBAL" in line or "Unsupported" in line]
-        detail = f" ({blocked[0]})" if blocked else ""
-        raise CheckpointError(f"refusing to load {what} {path}: it holds Python objects other than"
-                              f" tensors and plain containers{detail}. optdepth never unpickles"
-                              " such objects; save the state dict (tensors only) instead.") from exc
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError,
-            AttributeError, TypeError, IndexError) as exc:  # what torch raises for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {what} {path}: it is corrupt or truncated"
-                              f" ({type(exc).__name__}: {first})") from exc
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError,
+            zipfile.BadZipFile, KeyError, AttributeError, TypeError, IndexError) as exc:
+        # what torch raises for unsafe or damaged files; its message advises weights_only=False,
+        # which we never do, so only the line naming the problem is passed on
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        blocked = [line for line in lines if "GLOBAL" in line]
+        if blocked:
+            raise CheckpointError(f"refusing to load {what} {path}: it holds Python objects other"
+                                  f" than tensors and plain containers ({blocked[0]}). optdepth"
+                                  " never unpickles such objects; save the state dict (tensors"
+                                  " only) instead.") from exc
+        detail = next((line for line in lines if "weights_only" not in line
+                       and "Weights only load failed" not in line), type(exc).__name__)
+        raise CheckpointError(f"cannot read {what} {path}: it is corrupt, truncated or not a"
+                              f" torch file ({type(exc).__name__}: {detail})") from exc
 
 
 def state_dict_mismatches(own: dict[str, Tensor], given: dict[str, Tensor],

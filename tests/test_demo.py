@@ -1,6 +1,7 @@
 """The real-data smoke test: `optdepth demo --quick` end to end, on Fashion-MNIST."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
+    """The quick demo, run with HOME and the two documented caches redirected: it must write
+    nothing outside its output folder but into those caches."""
+    root = tmp_path_factory.mktemp("demo")
+    out, home = root / "out", root / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(root / "mpl"),
+           "OPTDEPTH_CACHE": str(root / "cache")}
     proc = subprocess.run([sys.executable, "-m", "optdepth", "demo", "--quick", "--out", str(out),
-                           "--no-progress"], capture_output=True, text=True)
+                           "--no-progress"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(home.rglob("*")), "the demo wrote under HOME"
     return out
 
 

@@ -104,6 +104,9 @@ def test_resume_after_sigkill_reproduces_metrics(tmp_path, fashion_folder):
         return without_time(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
 
     assert records(cut) == records(tmp_path / "full")
+    # TensorBoard events are rewritten from the checkpoint's history: one file, no lost epochs
+    events = list((cut / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
 
 
 def test_existing_run_is_never_overwritten(tmp_path, tiny):

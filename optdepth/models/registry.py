@@ -9,6 +9,8 @@ from optdepth.errors import ConfigError
 from optdepth.models.base import MultiExitModel
 
 _MODELS: dict[str, Callable[..., MultiExitModel]] = {}
+#: Architecture arguments the trainer takes from the data (not listed in a run's config).
+DATA_ARGUMENTS = ("in_channels", "image_size", "num_classes")
 
 
 def register_model(fn: Callable[..., MultiExitModel]) -> Callable[..., MultiExitModel]:
@@ -41,6 +43,11 @@ def create_model(name: str, **overrides: Any) -> MultiExitModel:
         model = _MODELS[name](**overrides)
     except TypeError as exc:
         raise ConfigError(f"bad arguments for model {name!r}: {exc}") from exc
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as either
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise ConfigError(f"model {name!r} with {overrides} does not fit in memory; choose"
+                          " smaller architecture arguments") from exc
     model.arch_name = name
     model.arch_kwargs = dict(overrides)
     return model

@@ -32,7 +32,7 @@ from optdepth.io import write_json, write_text
 from optdepth.losses.depth import DepthRegularizer, create_regularizer
 from optdepth.losses.multi_exit import multi_exit_cross_entropy
 from optdepth.models.base import MultiExitModel
-from optdepth.models.registry import create_model
+from optdepth.models.registry import DATA_ARGUMENTS, create_model
 from optdepth.rundir import write_lock
 from optdepth.training import distributed
 from optdepth.training.config import TrainConfig
@@ -59,7 +59,7 @@ def build_model(config: TrainConfig, data: SplitDataset, *,
     holds the weights, and the pretrained file need not exist any more).
     """
     channels, size, _ = data.train.image_shape
-    kwargs = {"in_channels": channels, "image_size": size, "num_classes": len(data.classes),
+    kwargs = {**dict(zip(DATA_ARGUMENTS, (channels, size, len(data.classes)), strict=True)),
               **config.model_kwargs}
     if not load_weights:
         kwargs.pop("weights_path", None)

@@ -24,7 +24,6 @@ import torch
 
 from optdepth.checkpoints import load_model
 from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from optdepth.errors import ConfigError
 from optdepth.evaluation.certificate import network_certificate
 from optdepth.evaluation.evaluate import evaluate_run
 from optdepth.inference import (
@@ -35,6 +34,7 @@ from optdepth.inference import (
     oracle_exits,
 )
 from optdepth.io import write_json
+from optdepth.registry import Registry
 from optdepth.reports.demo_report import write_report
 from optdepth.reports.plots import (
     plot_exit_accuracy,
@@ -69,13 +69,13 @@ class DemoSchedule:
     timing_repeats: int = 3  # timed passes per side when measuring wall-clock speed-ups
 
 
-SCHEDULES = {
+SCHEDULES: Registry[DemoSchedule] = Registry("schedule", {
     "quick": DemoSchedule("quick", epochs=2, train_subset=8_000, augment=False,
                           timing_repeats=1),
     "demo": DemoSchedule("demo", epochs=5, train_subset=None, augment=False),
     "full": DemoSchedule("full", epochs=30, train_subset=None, augment=True,
                          exit_weighting="linear"),
-}
+})
 # L_depth of the second net for models without their own setting: the `relative` variant, β 0.1.
 DEFAULT_REGULARIZER = "relative"
 DEFAULT_BETA = 0.1
@@ -201,8 +201,6 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     """
     out = Path(out)
     start = time.perf_counter()
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     plan = SCHEDULES[schedule]
     epochs = epochs if epochs is not None else demo_model(model).epochs.get(schedule)
     if epochs is not None:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from optdepth.data.text import TextCorpus, eval_windows, load_text_corpus, spread_prompts
-from optdepth.errors import ConfigError
 from optdepth.evaluation.certificate import network_certificate
 from optdepth.inference import evaluate_policies, gap_summary, oracle_exits
 from optdepth.inference.generation import measure_decode_speedups, teacher_forced_decode
 from optdepth.io import write_json, write_text
 from optdepth.models.causal_lm import CausalLM
+from optdepth.registry import Registry
 from optdepth.reports.demo_report import (
     certificate_table,
     comparison_lines,
@@ -84,12 +84,12 @@ class LMDemoSchedule:
     timing_repeats: int = 5
 
 
-SCHEDULES = {
+SCHEDULES: Registry[LMDemoSchedule] = Registry("schedule", {
     "quick": LMDemoSchedule("quick", epochs=2, steps_per_epoch=15, eval_tokens=2048,
                             decode_tokens=24, timing_repeats=1),
     "demo": LMDemoSchedule("demo", epochs=4, steps_per_epoch=150),
     "full": LMDemoSchedule("full", epochs=10, steps_per_epoch=300, eval_tokens=16384),
-}
+})
 DEFAULT_BETA = 0.5
 
 
@@ -179,8 +179,6 @@ def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAUL
         model: a registered causal LM (``lm``, ``lm_small``; ``lm_tiny`` for smoke tests).
     """
     out, start = Path(out), time.perf_counter()
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     plan = SCHEDULES[schedule] if epochs is None else dataclasses.replace(SCHEDULES[schedule],
                                                                           epochs=epochs)
     configs = lm_demo_configs(plan, beta, text, threads, model)

@@ -51,6 +51,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from optdepth.registry import Registry
 from optdepth.stopping import (
     LeastSquaresPolicy,
     OneStepLookaheadPolicy,
@@ -442,7 +443,7 @@ def _regression(cls: type[StoppingPolicy]) -> Callable[[float], StoppingPolicy]:
 
 
 #: name -> spec. Add an entry to register a new exit policy.
-EXIT_POLICIES: dict[str, ExitPolicySpec] = {
+EXIT_POLICIES: Registry[ExitPolicySpec] = Registry("exit policy", {
     "max_prob": ExitPolicySpec(lambda ctx: Column(MAX_PROB),
                                lambda th: ThresholdPolicy(0, threshold=th),
                                _quantile_grid(MAX_PROB, 1.0)),
@@ -455,20 +456,12 @@ EXIT_POLICIES: dict[str, ExitPolicySpec] = {
                           _regression(LeastSquaresPolicy), _lambda_grid, uses_rewards=True),
     "osla": ExitPolicySpec(lambda ctx: CalibratedState(ctx.calibrator),
                            _regression(OneStepLookaheadPolicy), _lambda_grid, uses_rewards=True),
-}
+})
 
 
 def list_exit_policies() -> list[str]:
     """Names accepted by :func:`fit_exit_policy` (plus "oracle" in the evaluation suite)."""
-    return sorted(EXIT_POLICIES)
-
-
-def get_spec(name: str) -> ExitPolicySpec:
-    """The spec of a registered policy; ValueError naming the choices otherwise."""
-    if not isinstance(name, str) or name not in EXIT_POLICIES:
-        raise ValueError(f"unknown exit policy {name!r}; choose one of "
-                         f"{', '.join(map(repr, list_exit_policies()))}")
-    return EXIT_POLICIES[name]
+    return EXIT_POLICIES.names()
 
 
 def check_traces(traces: Any, what: str) -> None:
@@ -501,7 +494,7 @@ def fit_exit_policy(name: str, calibration: Traces | FitContext, param: float, *
     Returns:
         The fitted :class:`ExitPolicy` (``source`` set from the traces).
     """
-    spec = get_spec(name)
+    spec = EXIT_POLICIES[name]
     ctx = (calibration if isinstance(calibration, FitContext)
            else FitContext.from_traces(calibration, folds, seed))
     policy = ExitPolicy(spec.inner(param), spec.feature_map(ctx), kind=name, param=param,

@@ -31,7 +31,6 @@ from optdepth.inference.policies import (
     TraceSource,
     check_traces,
     fit_exit_policy,
-    get_spec,
 )
 from optdepth.traces import Traces
 
@@ -132,7 +131,7 @@ def oracle_exits(correct: np.ndarray) -> np.ndarray:
 
 def _cross_fitted_times(ctx: FitContext, name: str, param: float) -> np.ndarray:
     """(N,) calibration stop times, each fold decided by a policy not fitted on it."""
-    spec = get_spec(name)
+    spec = EXIT_POLICIES[name]
     times = np.empty(len(ctx.correct), dtype=np.int64)
     rewards = ctx.rewards(param)
     for k in np.unique(ctx.folds):
@@ -164,7 +163,7 @@ def evaluate_policy(name: str, ctx: FitContext, test: Traces, *,
         params: parameter grid (default: the policy's own).
         tolerance: allowed accuracy loss at the iso-accuracy point.
     """
-    spec = get_spec(name)
+    spec = EXIT_POLICIES[name]
     ctx.source.check_matches(TraceSource.of_traces(test), "the calibration traces",
                              "the test traces")
     grid = spec.params(ctx) if params is None else np.asarray(params, dtype=float)
@@ -219,7 +218,7 @@ def evaluate_policies(calibration: Traces, test: Traces,
         TraceSource.of_traces(test), "the calibration traces", "the test traces")
     for name in names:
         if name != "oracle":
-            get_spec(name)
+            EXIT_POLICIES[name]  # an unknown name fails here, before any fitting
     ctx = FitContext.from_traces(calibration, folds, seed)
     return {name: (_evaluate_oracle(calibration, test) if name == "oracle"
                    else evaluate_policy(name, ctx, test, tolerance=tolerance))

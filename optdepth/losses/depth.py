@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from optdepth.errors import ConfigError
 from optdepth.models.base import ExitOutputs
 from optdepth.models.neural_ode import depth_grid
+from optdepth.registry import Registry
 
 
 class DepthRegularizer(nn.Module):
@@ -165,24 +166,20 @@ class KineticPenalty(DepthRegularizer):
         return (w / ds * residual_norms.pow(2).mean(dim=1)).sum()
 
 
-REGULARIZERS: dict[str, type[DepthRegularizer]] = {
+#: L_depth variant name -> class. Add an entry to register a new variant.
+REGULARIZERS: Registry[type[DepthRegularizer]] = Registry("regularizer", {
     "relative": RelativeNormPenalty,
     "decay_hinge": DecayHingePenalty,
     "kinetic": KineticPenalty,
     "distill": DistillPenalty,
-}
+})
 
 
 def list_regularizers() -> list[str]:
     """Names accepted by :func:`create_regularizer`."""
-    return sorted(REGULARIZERS)
+    return REGULARIZERS.names()
 
 
 def create_regularizer(name: str, **kwargs: Any) -> DepthRegularizer:
     """Build an L_depth variant, e.g. ``create_regularizer("relative", beta=0.5)``."""
-    if name not in REGULARIZERS:
-        raise ConfigError(f"unknown regularizer {name!r}; available: {', '.join(list_regularizers())}")
-    try:
-        return REGULARIZERS[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad arguments for regularizer {name!r}: {exc}") from exc
+    return REGULARIZERS.create(name, **kwargs)

@@ -7,23 +7,22 @@ from typing import Any
 
 from optdepth.errors import ConfigError
 from optdepth.models.base import MultiExitModel
+from optdepth.registry import Registry
 
-_MODELS: dict[str, Callable[..., MultiExitModel]] = {}
+#: Model name -> factory; add one with :func:`register_model`.
+MODELS: Registry[Callable[..., MultiExitModel]] = Registry("model")
 #: Architecture arguments the trainer takes from the data (not listed in a run's config).
 DATA_ARGUMENTS = ("in_channels", "image_size", "num_classes")
 
 
 def register_model(fn: Callable[..., MultiExitModel]) -> Callable[..., MultiExitModel]:
     """Decorator: register a factory under its function name."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is already registered")
-    _MODELS[fn.__name__] = fn
-    return fn
+    return MODELS.register(fn)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, **overrides: Any) -> MultiExitModel:
@@ -37,12 +36,8 @@ def create_model(name: str, **overrides: Any) -> MultiExitModel:
     Returns:
         The model, with ``arch_name`` and ``arch_kwargs`` set so checkpoints can rebuild it.
     """
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     try:
-        model = _MODELS[name](**overrides)
-    except TypeError as exc:
-        raise ConfigError(f"bad arguments for model {name!r}: {exc}") from exc
+        model = MODELS.create(name, **overrides)
     except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as either
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
             raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from optdepth.registry import Registry
+
 from .base import StoppingPolicy
 from .regression import LeastSquaresPolicy, OneStepLookaheadPolicy
 from .rules import PatiencePolicy, ThresholdPolicy
@@ -11,17 +13,17 @@ from .rules import PatiencePolicy, ThresholdPolicy
 __all__ = ["POLICIES", "create_policy", "list_policies"]
 
 #: Policy name -> class. Add an entry to register a new policy.
-POLICIES: dict[str, type[StoppingPolicy]] = {
+POLICIES: Registry[type[StoppingPolicy]] = Registry("policy", {
     "lsm": LeastSquaresPolicy,
     "osla": OneStepLookaheadPolicy,
     "threshold": ThresholdPolicy,
     "patience": PatiencePolicy,
-}
+}, hint="or add your class to optdepth.stopping.POLICIES")
 
 
 def list_policies() -> list[str]:
     """Names accepted by :func:`create_policy`, sorted."""
-    return sorted(POLICIES)
+    return POLICIES.names()
 
 
 def create_policy(name: str, **kwargs: Any) -> StoppingPolicy:
@@ -33,10 +35,8 @@ def create_policy(name: str, **kwargs: Any) -> StoppingPolicy:
 
     Returns:
         A new policy instance.
+
+    Raises:
+        ConfigError (a ValueError): unknown name or bad arguments.
     """
-    if not isinstance(name, str) or name not in POLICIES:
-        raise ValueError(
-            f"unknown policy {name!r}; choose one of {', '.join(map(repr, list_policies()))} "
-            f"(or add your class to optdepth.stopping.POLICIES)"
-        )
-    return POLICIES[name](**kwargs)
+    return POLICIES.create(name, **kwargs)

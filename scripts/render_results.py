@@ -1,0 +1,197 @@
+"""Render docs/results.md (and the README's quick-start table) from benchmarks/results/.
+
+Every figure on that page is read from a JSON file here; nothing is typed by hand. Run it after
+adding or re-running a result:
+
+    .venv/bin/python scripts/render_results.py            # writes docs/results.md, README.md
+    .venv/bin/python scripts/render_results.py --check    # exit 1 if either is out of date
+
+Each entry of :data:`RESULTS` names a result by its configuration (model, schedule, variant,
+seeds), the command that produced it and its file. Entries with a ``metrics.json`` in the demo's
+schema get their tables rendered (per-exit accuracy, each policy's iso-accuracy point, the
+comparison at one test accuracy); the others are listed with their JSON, which holds the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optdepth.reports.demo_report import exit_table, matched_accuracy_line, policy_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+#: The README's quick-start block, rendered from this result.
+README_RESULT = "demo_resnet20"
+BLOCK = ("<!-- results:demo:start -->", "<!-- results:demo:end -->")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One committed result: where it is, what configuration it is, how it was produced."""
+
+    path: str  # under benchmarks/results/: a folder with metrics.json, or a JSON file
+    model: str
+    schedule: str
+    variant: str
+    seeds: str
+    command: str
+
+
+RESULTS = (
+    Result("demo_resnet20", "resnet20", "demo (5 epochs)", "none vs distill β=2", "0",
+           "optdepth demo --out DIR"),
+    Result("full_resnet20", "resnet20", "full (30 epochs)", "none vs relative β=0.1", "0",
+           "optdepth demo --full --threads 1 --out DIR"),
+    Result("full_res", "resnet20, stem_stride=1", "full, 15 epochs", "none vs distill β=2", "0",
+           "python benchmarks/deep_net.py --model resnet20 --stem-stride 1 --epochs 15"
+           " --threads 1 --runs DIR --results benchmarks/results/full_res"),
+    Result("deep_net", "resnet56", "full, 20 epochs", "none vs distill β=2", "0",
+           "python benchmarks/deep_net.py --threads 1 --runs DIR"),
+    Result("deep_net_uniform", "resnet56", "demo, 8 epochs", "none vs distill β=2", "0",
+           "python benchmarks/deep_net.py --schedule demo --epochs 8 --threads 1 --runs DIR"
+           " --results benchmarks/results/deep_net_uniform"),
+    Result("vit_demo", "vit", "demo (4 epochs)", "none vs relative β=0.5", "0",
+           "optdepth demo --model vit --out DIR --threads 1"),
+    Result("lm_demo", "lm (byte level, 6 layers)", "demo", "none vs relative β=0.5", "0",
+           "optdepth demo --model lm --out DIR --threads 1"),
+    Result("ablate_ldepth.json", "resnet20", "demo (5 epochs)",
+           "none, relative 0.1/0.5, distill 1/2/4", "0",
+           "python benchmarks/ablate_ldepth.py --variants none relative:0.5 distill:1.0"
+           " distill:2.0 distill:4.0 relative:0.1 --epochs 5 --no-augment --threads 1"),
+    Result("ablate_ldepth_seeds.json", "resnet20", "demo (5 epochs)",
+           "none, relative 0.1, distill 2", "0 1 2",
+           "python benchmarks/ablate_ldepth.py --variants none relative:0.1 distill:2.0"
+           " --epochs 5 --no-augment --threads 1 --seeds 0 1 2"),
+    Result("ablate_ldepth_channels_last.json", "resnet20", "demo (5 epochs)",
+           "none, distill 2", "1 2",
+           "python benchmarks/ablate_ldepth.py --variants none distill:2.0 --epochs 5"
+           " --no-augment --threads 1 --seeds 1 2 --runs runs/ablation_cl"),
+    Result("ablate_ldepth_linear.json", "resnet20", "demo, linear exit weights",
+           "none, distill 2", "0 1 2",
+           "python benchmarks/ablate_ldepth.py --variants none distill:2.0 --epochs 5"
+           " --no-augment --exit-weighting linear --threads 1 --seeds 0 1 2"),
+    Result("ablate_ldepth_6epochs.json", "resnet20", "demo, 6 epochs", "none, distill 2",
+           "0 1 2", "python benchmarks/ablate_ldepth.py --variants none distill:2.0 --epochs 6"
+           " --no-augment --threads 1 --seeds 0 1 2"),
+    Result("bench_early_exit_demo.json", "resnet20 (demo nets)", "–", "timing", "–",
+           "python benchmarks/bench_early_exit.py RUN... --out"
+           " benchmarks/results/bench_early_exit_demo.json"),
+    Result("bench_early_exit_deep56u.json", "resnet56 (demo schedule)", "–", "timing", "–",
+           "python benchmarks/bench_early_exit.py runs/deep56u/runs/baseline"
+           " runs/deep56u/runs/ldepth --out benchmarks/results/bench_early_exit_deep56u.json"),
+    Result("bench_decision_cost.json", "resnet20, resnet56", "–", "decision cost", "–",
+           "python benchmarks/bench_decision_cost.py RUN... --threads 1 --repeats 15"),
+    Result("bench_lm_decode.json", "lm", "–", "decoding speed", "–",
+           "python benchmarks/bench_lm_decode.py RUNS... --threads 2 --batch-sizes 1 8"),
+    Result("neural_ode.json", "node (midpoint, 8 exits)", "2 epochs", "none, kinetic", "0",
+           "python benchmarks/neural_ode.py --threads 1"),
+    Result("ode_bridge_convergence.json", "synthetic diffusion", "–", "free boundary", "–",
+           "python benchmarks/ode_bridge_convergence.py"),
+    Result("bench_free_boundary.json", "American put", "–", "solver accuracy", "–",
+           "python benchmarks/bench_free_boundary.py"),
+    Result("bench_stopping.json", "synthetic paths", "–", "stopping engine", "–",
+           "python benchmarks/bench_stopping.py"),
+    Result("bench_imagenet_cpu64.json", "imagenet_resnet50, 64 px", "–", "throughput", "–",
+           "python benchmarks/bench_imagenet_gpu.py --device cpu --image-size 64"
+           " --batch-size 16 --threads 1"),
+)
+
+
+def _metrics(result: Result) -> dict[str, Any] | None:
+    path = RESULTS_DIR / result.path / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _index() -> list[str]:
+    lines = ["| result | model | schedule | variants | seeds | command |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in RESULTS:
+        link = f"[{r.path}](../benchmarks/results/{r.path})"
+        lines.append(f"| {link} | {r.model} | {r.schedule} | {r.variant} | {r.seeds} |"
+                     f" `{r.command}` |")
+    return lines
+
+
+def _section(result: Result, metrics: dict[str, Any]) -> list[str]:
+    env = metrics["environment"]
+    lines = [f"## {result.path}: {result.model}, {result.schedule}", "",
+             f"`{result.command}` — torch {env['torch']}, {env['threads']} thread(s),"
+             f" {env['machine']}, {metrics['wall_seconds'] / 60:.1f} min;"
+             f" full report: [report.md](../benchmarks/results/{result.path}/report.md).", "",
+             "Test accuracy per exit:", "", *exit_table(metrics["nets"]), ""]
+    for name, net in metrics["nets"].items():
+        lines += [f"Policies of `{name}` at their iso-accuracy point:", "", *policy_table(net), ""]
+    if "matched_accuracy" in metrics:
+        lines += [matched_accuracy_line(metrics["matched_accuracy"]), ""]
+    return lines
+
+
+def readme_block(metrics: dict[str, Any]) -> str:
+    """The quick-start table: each net's last exit and two policies at iso-accuracy."""
+    lines = ["| net | last-exit test acc. (%) | policy | compute at iso-accuracy | test acc. (%) |"
+             " wall speed-up |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, net in metrics["nets"].items():
+        for policy in ("max_prob", "lsm", "oracle"):
+            iso = net["policies"][policy]["iso_accuracy"]
+            wall = iso.get("wall_speedup")
+            lines.append(f"| {name} | {100 * net['exit_accuracy'][-1]:.2f} | {policy} |"
+                         f" {iso['mean_compute']:.3f} | {100 * iso['accuracy']:.2f} |"
+                         f" {'–' if wall is None else f'{wall:.2f}x'} |")
+    env = metrics["environment"]
+    return "\n".join([*lines, "", f"(torch {env['torch']}, {env['threads']} threads, one seed;"
+                      " the oracle is a bound, not a policy. Details: [docs/results.md]"
+                      "(docs/results.md).)"])
+
+
+def render_readme(text: str) -> str:
+    """``text`` (the README) with its results block rendered anew."""
+    start, end = text.index(BLOCK[0]), text.index(BLOCK[1])
+    metrics = _metrics(next(r for r in RESULTS if r.path == README_RESULT))
+    return text[:start + len(BLOCK[0])] + "\n" + readme_block(metrics) + "\n" + text[end:]
+
+
+def render() -> str:
+    """The whole page, as markdown."""
+    lines = ["# Results", "",
+             "Rendered by `scripts/render_results.py` from the files in `benchmarks/results/`:"
+             " every figure here is read from those JSON files. Each result is one seed per net"
+             " unless its seeds column says otherwise; a comparison of training methods needs"
+             " paired seeds and an interval before it means anything. Wall-clock figures are"
+             " interleaved medians on the machine and thread count stated.", "",
+             "## Index", "", *_index(), ""]
+    for result in RESULTS:
+        metrics = _metrics(result)
+        if metrics is not None:
+            lines += _section(result, metrics)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if docs/results.md is stale")
+    args = parser.parse_args(argv)
+    missing = [r.path for r in RESULTS if not (RESULTS_DIR / r.path).exists()]
+    if missing:
+        print(f"render_results: missing result files: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    pages = {PAGE: render(), README: render_readme(README.read_text())}
+    if args.check:
+        stale = [path for path, text in pages.items()
+                 if not path.is_file() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date: run scripts/render_results.py", file=sys.stderr)
+        return int(bool(stale))
+    for path, text in pages.items():
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torchvision
 
-from optdepth.data.fashion_mnist import Split
+from optdepth.data.loader import Split
 from optdepth.evaluation import collect_traces
 from optdepth.inference import measure_wall_speedups
 from optdepth.io import write_json

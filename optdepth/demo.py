@@ -54,11 +54,10 @@ log = logging.getLogger(__name__)
 class DemoSchedule:
     """How long the demo trains: ``epochs`` over the first ``train_subset`` images (None: all).
 
-    Augmentation slows convergence: without it, 5 epochs reached 91.7% (last exit, calibration
-    split) against 89.4% with it, so the short schedules train on plain images and only the
-    full schedule augments. ``exit_weighting`` is the multi-exit loss weighting: 20 epochs with
-    uniform weights left the last exit at 92.2% (test), its accuracy flat from block 5 of 9 on,
-    so the full schedule trains longer and weights the exits linearly in depth.
+    The short schedules train on plain images (augmentation slows convergence too much for 5
+    epochs) with uniform exit weights; the full schedule trains longer, augments, and weights
+    the exits linearly in depth. The measurements behind these choices are indexed in
+    docs/results.md (ablate_ldepth*.json, full_resnet20).
     """
 
     name: str
@@ -102,20 +101,13 @@ class DemoModel:
 #: Demo settings per model name or family (the name up to "_": ``vit_small`` -> ``vit``);
 #: other registered models train with the TrainConfig defaults (SGD, the ResNet recipe).
 DEMO_MODELS: dict[str, DemoModel] = {
-    # `distill`, β = 2 (measured on ResNet-20): over three seeds
-    # (benchmarks/ablate_ldepth.py --seeds 0 1 2,
-    # benchmarks/results/ablate_ldepth_seeds.json) it needed 0.74 (0.73-0.86) of the
-    # baseline's LSM compute at iso-accuracy, paired by seed, at a final-exit accuracy
-    # +0.13 points (median) from the baseline's; `relative` with β = 0.1 needed 0.93 (0.75-1.12).
-    # Those nets trained in NCHW; trained channels-last, seeds 0-2 gave 0.90, 0.93 and 0.64
-    # (README, Results).
+    # `distill`, β = 2 for the ResNets: the variant that did best in the L_depth ablations
+    # (benchmarks/results/ablate_ldepth*.json, indexed in docs/results.md).
     **{f"resnet{depth}": DemoModel(regularizer="distill", beta=2.0)
        for depth in (20, 32, 44, 56, 110)},
-    # AdamW (decay on weights only), warm-up + cosine. Peak lr measured: 2 epochs on 20,000
-    # images gave 70.7 / 77.1 / 78.4% (calibration, last exit) at 1e-3 / 3e-3 / 6e-3. Four
-    # epochs keep the demo's two nets within its 15 minutes (a ViT step costs ~1.15 ResNet-20
-    # steps); see benchmarks/results/vit_demo/README.md.
-    # β = 0.5 is the only β measured on the ViT (benchmarks/results/vit_demo/).
+    # AdamW (decay on weights only), warm-up + cosine; the peak lr from
+    # benchmarks/vit_lr_sweep.py, four epochs to keep the demo's time budget, and β = 0.5, the
+    # only β measured on the ViT (benchmarks/results/vit_demo/).
     "vit": DemoModel({"optimizer": "adamw", "lr": 6e-3, "weight_decay": 0.05},
                      epochs={"demo": 4}, beta=0.5),
 }

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optdepth.data.fashion_mnist import FILES, FashionMNIST, Split
+from optdepth.data.fashion_mnist import FILES, FashionMNIST
+from optdepth.data.loader import Split
 
 
 def synthetic_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Data: Fashion-MNIST splits in memory, ImageFolder splits on disk, one batch interface."""
 
-from optdepth.data.fashion_mnist import FashionMNIST, Split, load_fashion_mnist, read_idx
-from optdepth.data.loader import iterate_batches, num_batches, random_crop_flip
+from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist, read_idx
+from optdepth.data.loader import Split, iterate_batches, num_batches, random_crop_flip
 from optdepth.data.source import (
     DATASETS,
     BatchSource,

@@ -13,15 +13,13 @@ import gzip
 import logging
 import os
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from optdepth.data.loader import iterate_batches, num_batches
+from optdepth.data.loader import Split
 from optdepth.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,40 +37,6 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 MEAN, STD = 0.2860, 0.3530  # training-set pixel statistics (after scaling to [0, 1])
 CALIBRATION_SIZE = 5_000
 SPLIT_SEED = 20250620  # fixed: the calibration split never depends on the training seed
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split held in memory: images (N, 1, 28, 28) float32 normalised, labels (N,) int64."""
-
-    images: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, n: int) -> Split:
-        """The first ``n`` samples (the splits are already shuffled once, with a fixed seed)."""
-        return Split(self.images[:n], self.labels[:n])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return tuple(self.images.shape[1:])
-
-    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                seed: int = 0, epoch: int = 0, rank: int = 0,
-                world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
-        """(images, labels) batches; see :func:`optdepth.data.loader.iterate_batches`.
-
-        ``batch_size`` is global: with ``world_size`` processes each yields its share of it.
-        """
-        return iterate_batches(self, batch_size, shuffle=shuffle, augment=augment, seed=seed,
-                               epoch=epoch, rank=rank, world_size=world_size)
-
-    def num_batches(self, batch_size: int, world_size: int = 1) -> int:
-        """Batches (optimiser steps) per pass at global ``batch_size``, for any ``world_size``."""
-        return num_batches(len(self), batch_size)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""In-memory batching with augmentation done on whole batches of tensors.
+"""In-memory splits of any tensor data, and their batches, augmented on whole batches.
+
+:class:`Split` holds images and labels as tensors; it is the batch source of the Fashion-MNIST
+loader, of tests and of any user data that fits in memory, and what the online early-exit
+engine and the timing functions take.
 
 On two CPU cores a DataLoader with per-image PIL transforms starves the model; here a batch is
 cropped and flipped with a few vectorised tensor ops. Every epoch's order and augmentation come
@@ -8,13 +12,10 @@ from a generator seeded with (seed, epoch), so a resumed run sees exactly the sa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from optdepth.data.fashion_mnist import Split
 
 
 def random_crop_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -82,3 +83,37 @@ def _shard(batches: Iterator[tuple[Tensor, Tensor]], rank: int,
         share = images.tensor_split(world_size)[rank], labels.tensor_split(world_size)[rank]
         if len(share[1]):
             yield share
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split held in memory: images (N, 1, 28, 28) float32 normalised, labels (N,) int64."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, n: int) -> Split:
+        """The first ``n`` samples (the splits are already shuffled once, with a fixed seed)."""
+        return Split(self.images[:n], self.labels[:n])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images, labels) batches; see :func:`optdepth.data.loader.iterate_batches`.
+
+        ``batch_size`` is global: with ``world_size`` processes each yields its share of it.
+        """
+        return iterate_batches(self, batch_size, shuffle=shuffle, augment=augment, seed=seed,
+                               epoch=epoch, rank=rank, world_size=world_size)
+
+    def num_batches(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches (optimiser steps) per pass at global ``batch_size``, for any ``world_size``."""
+        return num_batches(len(self), batch_size)

@@ -4,7 +4,7 @@ A *split* yields ``(images (b, C, H, W), labels (b,))`` batches through ``batche
 shuffle=, augment=, seed=, epoch=, rank=, world_size=)``; ``batch_size`` is global and each of
 ``world_size`` processes gets its share. A *dataset* holds ``train``, ``calibration`` and
 ``test`` splits plus ``classes`` and ``source``. Two implementations: the in-memory Fashion-MNIST
-:class:`~optdepth.data.fashion_mnist.Split` and the on-disk
+:class:`~optdepth.data.loader.Split` and the on-disk
 :class:`~optdepth.data.imagefolder.ImageFolderSplit`.
 """
 

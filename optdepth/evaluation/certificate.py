@@ -1,4 +1,4 @@
-"""The finite-depth certificate of DESIGN §2 evaluated on a trained network's exit traces.
+"""The finite-depth certificate of docs/mathematics.md evaluated on a trained network's exit traces.
 
 With relative residual norms r_t = ||F_t|| / ||S_t|| ≤ K·ρ^t (fitted over blocks t = 0, 1, ...)
 and an exit utility u whose change over block t is at most L·r_t, one more block gains at most

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-from optdepth.data.fashion_mnist import Split
+from optdepth.data.loader import Split
 from optdepth.inference.policies import ExitPolicy, TraceSource, check_traces
 from optdepth.models.base import MultiExitModel, StepOutput
 from optdepth.stopping import NotFittedError, StoppingPolicy

@@ -6,9 +6,8 @@ norms), batch by batch, under ``torch.inference_mode`` in eval mode. This is wha
 (single-exit) deployment of the same network would run, so the speed-up is not inflated by heads
 the baseline does not need. Models that do not override ``forward_final`` fall back to the full
 multi-exit forward, and the result says which baseline was timed. Both sides run the model and
-inputs as given (NCHW for the demo nets). On the CPUs measured here a channels-last ResNet-20
-runs full depth 25-30% faster but early exit much less (README, Results), so a comparison is
-only fair with one memory format on both sides.
+inputs as given (NCHW for the demo nets): the memory format changes full-depth and early-exit
+time by different factors, so a comparison is only fair with one memory format on both sides.
 
 Timing follows the project's rules for benchmarks on shared CPUs: the two sides are interleaved
 (A B C A B C ...), each side runs once untimed first, and the median of the per-pair ratios is
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
-from optdepth.data.fashion_mnist import Split
+from optdepth.data.loader import Split
 from optdepth.inference.engine import check_batch_size, early_exit_predict, split_images
 from optdepth.models.base import MultiExitModel
 from optdepth.stopping import StoppingPolicy

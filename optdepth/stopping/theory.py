@@ -1,4 +1,4 @@
-"""Diminishing returns and the finite-depth certificate (DESIGN.md section 2).
+"""Diminishing returns and the finite-depth certificate (docs/mathematics.md).
 
 If the residual updates shrink geometrically, ||F_t(h_t)|| <= K rho^t with rho < 1, and the
 exit utility is L-Lipschitz in h, then one more block from depth t gains at most L K rho^t,

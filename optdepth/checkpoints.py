@@ -4,7 +4,8 @@ Layout (``FORMAT_VERSION`` 1)::
 
     {"format_version": 1, "arch": {"name": str, "kwargs": dict}, "config": dict,
      "state_dict": dict, "optimizer": dict, "scheduler": dict, "epoch": int (epochs done),
-     "metric": float (calibration accuracy of the last exit), "history": [epoch records]}
+     "metric": float (calibration accuracy of the last exit), "history": [epoch records],
+     "classes": [class names of the training data, in label order] (image runs)}
 
 A checkpoint is a file a user may hand us, so every field is checked before use, and a model is
 first built on the ``meta`` device (shapes only, no memory) and compared with the stored
@@ -173,12 +174,34 @@ def check_weights_fit(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
                               " checkpoint is corrupt or was edited")
 
 
+#: Config fields that may change between a run and its resume (where and how fast it runs).
+_OPERATIONAL = frozenset({"device", "threads", "data_dir", "workers", "eval_batch_size"})
+
+
+def check_config(ckpt: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> None:
+    """Raise unless the checkpoint was written under ``config`` (the run's config.json), up to
+    the operational fields (device, threads, data_dir, workers, eval_batch_size).
+
+    A hand-edited config.json would otherwise be recorded as the run's settings while the
+    optimizer state restored from the checkpoint silently kept the old ones.
+    """
+    stored = ckpt.get("config") or {}
+    differing = sorted(k for k in (set(stored) | set(config)) - _OPERATIONAL
+                       if _as_json(stored.get(k)) != _as_json(config.get(k)))
+    if differing:
+        raise CheckpointError(f"{path} was written with other settings than the run's config.json"
+                              f" ({', '.join(differing)} differ). Restore config.json, or train"
+                              " the new settings in a new folder.")
+
+
 def restore_training_state(path: Path, arch: str, model: MultiExitModel,
-                           optimizer: torch.optim.Optimizer, scheduler: Any) -> list[dict[str, Any]]:
+                           optimizer: torch.optim.Optimizer, scheduler: Any,
+                           config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Load a training checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place.
 
-    ``model`` is the run's model as its config builds it: the checkpoint must hold the same
-    architecture (name and arguments) and weights of the same shapes.
+    ``model`` is the run's model as ``config`` (the run's config.json) builds it: the checkpoint
+    must have been written under that config and hold the same architecture (name and
+    arguments) with weights of the same shapes.
 
     Returns:
         The per-epoch history records stored with it.
@@ -187,6 +210,7 @@ def restore_training_state(path: Path, arch: str, model: MultiExitModel,
         CheckpointError: a malformed checkpoint, or one of another architecture or size.
     """
     ckpt = load_checkpoint(path, training=True)
+    check_config(ckpt, path, config)
     check_arch(ckpt, path, arch, model.arch_kwargs)
     check_weights_fit(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"])
@@ -209,6 +233,12 @@ def load_model(path: str | Path, expected_arch: str | None = None) -> MultiExitM
         CheckpointError: unreadable or malformed checkpoint, one that belongs to another run,
             or weights that do not fit the architecture.
     """
+    return load_model_and_checkpoint(path, expected_arch)[0]
+
+
+def load_model_and_checkpoint(path: str | Path, expected_arch: str | None = None
+                              ) -> tuple[MultiExitModel, dict[str, Any]]:
+    """:func:`load_model`, also returning the checked checkpoint dict (read once)."""
     path = Path(path)
     config = None
     if path.is_dir():
@@ -219,7 +249,7 @@ def load_model(path: str | Path, expected_arch: str | None = None) -> MultiExitM
         check_arch(ckpt, path, config["model"], config["model_kwargs"])
     model = build_checked_model(ckpt, path)
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return model.eval(), ckpt
 
 
 def _read_run_config(path: Path) -> dict[str, Any] | None:

@@ -45,9 +45,16 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
+def _folder(text: str) -> str:
+    """A folder argument: an empty one would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a folder path, not empty")
+    return text
+
+
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a multi-exit network with L_depth")
-    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--out", required=True, type=_folder, help="run directory to create (or resume)")
     p.add_argument("--config", help="JSON or TOML file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--width", type=int, help="channel width multiplier of the model")
@@ -67,7 +74,7 @@ def _add_train(sub: Any) -> None:
 
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run and write its exit traces")
-    p.add_argument("run", help="run directory written by `optdepth train`")
+    p.add_argument("run", type=_folder, help="run directory written by `optdepth train`")
     p.add_argument("--data-dir", help="the data's folder, if it moved since training (default:"
                    " the run's config)")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -77,7 +84,8 @@ def _add_evaluate(sub: Any) -> None:
 
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="baseline vs L_depth multi-exit net (resnet20, vit, lm), with report")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--out", default="demo_out", type=_folder,
+                   help="output folder (default demo_out)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
     group.add_argument("--full", action="store_true",

@@ -42,7 +42,7 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
-from optdepth.rundir import DEMO_MARKER, write_lock, write_marker
+from optdepth.rundir import write_lock, write_marker
 from optdepth.traces import load_traces
 from optdepth.training.config import TrainConfig
 from optdepth.training.trainer import train_or_resume
@@ -198,9 +198,9 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     if epochs is not None:
         plan = dataclasses.replace(plan, epochs=epochs)
     configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
-    with write_lock(out, DEMO_MARKER):
+    with write_lock(out, "demo"):
         data = load_fashion_mnist(data_dir)
-        write_marker(out, DEMO_MARKER, "demo")
+        write_marker(out, "demo")
         return _train_and_report(out, model, plan, configs, data, progress, start)
 
 

@@ -49,7 +49,7 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
-from optdepth.rundir import DEMO_MARKER, write_lock, write_marker
+from optdepth.rundir import write_lock, write_marker
 from optdepth.traces import Traces
 from optdepth.training.lm_trainer import (
     LMTrainConfig,
@@ -121,7 +121,7 @@ def evaluate_lm_net(model: CausalLM, run_dir: Path, corpus: TextCorpus,
     fit = summary.pop("decay_fit")
     net = {**summary, "rho": fit["rho"], "K": fit["K"], "decay_fit_r2": fit["r2"],
            "calibration_exit_accuracy": [float(a) for a in traces["calibration"].exit_accuracy()]}
-    with write_lock(run_dir, "config.json"):
+    with write_lock(run_dir, "run"):
         traces["test"].save(run_dir / "evaluation" / "traces_test.npz")
         write_json(run_dir / "evaluation" / "summary.json", net)
     return net, traces["calibration"], traces["test"]
@@ -182,9 +182,9 @@ def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAUL
     plan = SCHEDULES[schedule] if epochs is None else dataclasses.replace(SCHEDULES[schedule],
                                                                           epochs=epochs)
     configs = lm_demo_configs(plan, beta, text, threads, model)
-    with write_lock(out, DEMO_MARKER):
+    with write_lock(out, "lm-demo"):
         corpus = load_text_corpus(text)
-        write_marker(out, DEMO_MARKER, "lm-demo")
+        write_marker(out, "lm-demo")
         return _train_and_report(out, model, plan, configs, corpus, progress, start)
 
 

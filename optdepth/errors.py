@@ -22,7 +22,8 @@ class TrainingError(OptDepthError):
 
 
 class RunDirError(OptDepthError):
-    """An output folder is not ours to write (it holds someone else's files)."""
+    """An output folder is not ours to write (it holds someone else's files), or it or a file
+    in it cannot be written (a full disk, a folder where a file should be, no permission)."""
 
 
 class RunBusyError(RunDirError):

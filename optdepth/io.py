@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from optdepth.errors import RunDirError
+
 TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -45,8 +47,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         write: writes the whole content to the open binary file it is given.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=TEMPORARY_SUFFIX)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
@@ -54,10 +60,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             os.fsync(file.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, or the target is a folder
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _cannot_write(path: Path, exc: OSError) -> RunDirError:
+    return RunDirError(f"cannot write {path}: {exc.strerror or exc}. Earlier files are intact.")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

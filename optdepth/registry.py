@@ -10,7 +10,7 @@ and torch-free, so the stopping engine can use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Generic, TypeVar
 
 from optdepth.errors import ConfigError
@@ -18,8 +18,8 @@ from optdepth.errors import ConfigError
 T = TypeVar("T")
 
 
-class Registry(Mapping[str, T], Generic[T]):
-    """Named entries of one kind.
+class Registry(MutableMapping[str, T], Generic[T]):
+    """Named entries of one kind: a dict whose unknown names are clear errors.
 
     Args:
         kind: what the entries are, for messages ("model", "exit policy").
@@ -37,6 +37,13 @@ class Registry(Mapping[str, T], Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; available: {known}"
                               + (f" ({self.hint})" if self.hint else ""))
         return self._entries[name]
+
+    def __setitem__(self, name: str, entry: T) -> None:
+        """``REGISTRY[name] = entry`` registers (or replaces) an entry, as with a plain dict."""
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -7,13 +7,16 @@ interleaving its files with the first one's. The operating system drops the lock
 process dies, so a killed run never leaves a stale lock behind. Taking the lock also deletes the
 temporary files of writes that a kill interrupted (see :mod:`optdepth.io`).
 
-A folder is ours when it is missing, empty, or holds the *marker* file that the command writes
-first (``config.json`` for a training run, ``demo.json`` for a demo); anything else is refused
-with the names of what is there.
+A folder is ours when it is missing, empty, or holds the marker ``.optdepth`` that optdepth writes
+into every folder it creates (``{"kind": "run" | "demo" | "lm-demo"}``); a run written before
+markers existed is recognised by its ``checkpoints/last.pt``. Anything else is refused with the
+names of what is there: a ``config.json`` or ``metrics.jsonl`` of another tool looks like ours
+but is not, and is never overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -27,8 +30,10 @@ from optdepth.io import remove_stale_temporaries, write_json
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".optdepth.lock"
-#: The marker of a demo's output folder (a training run's is its config.json).
-DEMO_MARKER = "demo.json"
+MARKER = ".optdepth"
+KINDS = ("run", "demo", "lm-demo")
+#: What marks a run folder written before markers existed.
+_LEGACY_RUN = Path("checkpoints") / "last.pt"
 
 # Locks this process holds: folder -> [file descriptor, depth]. A demo holds its folder's lock
 # and then trains and evaluates runs inside it, and evaluate may run inside a held train lock,
@@ -64,7 +69,7 @@ def _holder(lock_path: Path) -> str:
 
 
 @contextmanager
-def write_lock(folder: str | Path, marker: str) -> Iterator[bool]:
+def write_lock(folder: str | Path, kind: str) -> Iterator[bool]:
     """Claim ``folder`` (see :func:`claim_folder`), then hold its write lock for the block.
 
     Nothing is created in a folder that is not ours: the claim comes first. Then the folder is
@@ -72,29 +77,33 @@ def write_lock(folder: str | Path, marker: str) -> Iterator[bool]:
 
     Args:
         folder: the output folder.
-        marker: the file that marks the folder as written by this kind of command.
+        kind: what the folder holds, one of :data:`KINDS`.
 
     Yields:
-        Whether ``marker`` was already there (an earlier run of ours).
+        Whether the folder already held output of ours.
 
     Raises:
         RunDirError: the folder is not ours.
         RunBusyError: another process holds the lock (it is writing this folder now).
     """
     folder = Path(folder)
-    ours = claim_folder(folder, marker)
-    key = folder.resolve()
+    ours = claim_folder(folder, kind)
+    try:
+        key = folder.resolve()
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise RunDirError(f"cannot use {folder} as an output folder: {_reason(exc)}") from exc
     if key in _HELD:
+        os.close(fd)
         _HELD[key][1] += 1
         try:
             yield ours
         finally:
             _HELD[key][1] -= 1
         return
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     if not _try_lock(fd):
         os.close(fd)
         raise RunBusyError(f"{folder} is busy: {_holder(lock_path)} is writing it now. Wait for it"
@@ -133,35 +142,58 @@ def _remove_leftovers(folder: Path) -> None:
             log.info("removed %s, left behind by an interrupted write", path)
 
 
-def claim_folder(folder: str | Path, marker: str) -> bool:
-    """Check that ``folder`` is ours to write: missing, empty, or holding ``marker``.
-
-    Args:
-        folder: the output folder a command was given.
-        marker: the file the command writes first, which marks the folder as its own.
+def claim_folder(folder: str | Path, kind: str) -> bool:
+    """Check that ``folder`` is ours to write: missing, empty, or an optdepth folder of ``kind``.
 
     Returns:
-        True when ``marker`` is there (an earlier run of ours), False for a new folder.
+        True when the folder holds output of ours, False for a new or empty folder.
 
     Raises:
-        RunDirError: ``folder`` is a file, or holds other files and no ``marker``.
+        RunDirError: ``folder`` is a file, cannot be read, holds files that are not ours, or is an
+            optdepth folder of another kind.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunDirError(f"{folder} is a file, not a folder; choose another output folder")
-    if (folder / marker).is_file():
-        return True
-    entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) \
-        if folder.is_dir() else []
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise RunDirError(f"{folder} is a file, not a folder; choose another output folder")
+        if (folder / MARKER).is_file():
+            found = _marker_kind(folder)
+            if found != kind:
+                raise RunDirError(f"{folder} is an optdepth {found} folder, not a {kind} folder;"
+                                  " choose another output folder")
+            return True
+        if kind == "run" and (folder / _LEGACY_RUN).is_file():
+            return True
+        entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) \
+            if folder.is_dir() else []
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise RunDirError(f"cannot use {folder} as an output folder: {_reason(exc)}") from exc
     if entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise RunDirError(f"{folder} is not empty and is not an optdepth output folder (no"
-                          f" {marker}): it holds {shown}. Nothing was written; choose a new or"
-                          " empty folder.")
+                          f" {MARKER} marker): it holds {shown}. Nothing was written; choose a new"
+                          " or empty folder.")
     return False
 
 
-def write_marker(folder: Path, marker: str, kind: str) -> None:
+def _marker_kind(folder: Path) -> str:
+    try:
+        kind = json.loads((folder / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RunDirError(f"{folder / MARKER} is unreadable; if the folder is an optdepth output"
+                          " folder, restore the marker, else choose another folder") from exc
+    if kind not in KINDS:
+        raise RunDirError(f"{folder / MARKER} names an unknown kind {kind!r}")
+    return kind
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def write_marker(folder: Path, kind: str) -> None:
     """Mark ``folder`` as an optdepth output folder of ``kind`` (once; an existing marker stays)."""
-    if not (folder / marker).is_file():
-        write_json(folder / marker, {"kind": kind, "written_by": "optdepth"})
+    if not (folder / MARKER).is_file():
+        write_json(folder / MARKER, {"kind": kind, "written_by": "optdepth"})

@@ -188,5 +188,23 @@ def _check_shapes(path: Path, a: dict[str, np.ndarray]) -> None:
                 np.issubdtype(a["labels"].dtype, np.integer)
                 and 0 <= a["labels"].min() and a["labels"].max() < c):
             problems.append(f"labels must be integers in [0, {c})")
+    if not problems:
+        problems = _value_problems(a)
     if problems:
         raise TraceError(f"{path} holds inconsistent arrays: " + "; ".join(problems))
+
+
+def _value_problems(a: dict[str, np.ndarray]) -> list[str]:
+    """Values a trace file of ours never holds (checked once the shapes agree)."""
+    problems = []
+    probs = a["probs"]
+    if not np.isfinite(probs).all() or probs.min(initial=0.0) < 0 \
+            or probs.max(initial=0.0) > 1 + 1e-5:
+        problems.append("probs must be probabilities in [0, 1] (no NaN or infinity)")
+    costs, blocks = a["exit_costs"], a["exit_blocks"]
+    if not (np.isfinite(costs).all() and (np.diff(costs) > 0).all()
+            and (costs > 0).all() and (costs <= 1 + 1e-6).all()):
+        problems.append("exit_costs must increase, in (0, 1]")
+    if (np.diff(blocks) <= 0).any():
+        problems.append("exit_blocks must increase")
+    return problems

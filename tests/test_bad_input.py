@@ -169,7 +169,12 @@ CONFIG_CASES = {
     'device = "gpu"': "device must be 'cpu', 'cuda' or 'cuda:N'",
     "epochs = 10000000": "epochs must be a positive integer <= 100,000",
     "threads = true": "threads must be an integer or null, got True",
-    "lr = inf": "lr must be a finite number > 0",
+    "lr = inf": "lr must be a finite number in (0, 1e+06]",
+    "lr = 1e39": "lr must be a finite number in (0, 1e+06]",
+    "threads = 100000": "threads must be an integer in [1, 1024]",
+    "model_kwargs = { num_classes = 5 }": "model_kwargs must not set num_classes",
+    "regularizer_kwargs = { beta = 2 }": "regularizer_kwargs must not set beta",
+    'regularizer = "decay_hinge"\nregularizer_kwargs = { rho = "0.5" }': "rho must be a number in (0, 1]",
     "epochz = 3": "unknown config keys: epochz",
     "epochs = ": "cannot read config file",
 }
@@ -302,19 +307,56 @@ def test_folder_with_someone_elses_files_is_refused(tmp_path, capsys):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"my": "results"}\n')
     refused(["train", "--out", str(out), *TRAIN], capsys,
-            "is not empty and is not an optdepth output folder (no config.json): it holds"
+            "is not empty and is not an optdepth output folder (no .optdepth marker): it holds"
             " metrics.jsonl", out)
     refused(["demo", "--quick", "--out", str(out), "--no-progress"], capsys,
-            "(no demo.json): it holds metrics.jsonl", out)
+            "(no .optdepth marker): it holds metrics.jsonl", out)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
 
-def test_someone_elses_config_json_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("config", ['{"learning_rate": 3}', "{}",
+                                    '{"epochs": 10, "lr": 0.1, "seed": 1, "batch_size": 32}'])
+def test_someone_elses_config_json_is_refused(config, tmp_path, capsys):
+    """A config.json that even parses as ours does not make another tool's folder ours."""
     out = tmp_path / "theirs"
-    out.mkdir()
-    (out / "config.json").write_text('{"learning_rate": 3}')
-    refused(["train", "--out", str(out), *TRAIN], capsys, "unknown config keys: learning_rate",
-            out)
+    (out / "tb").mkdir(parents=True)
+    (out / "config.json").write_text(config)
+    (out / "metrics.jsonl").write_text('{"val_acc": 0.93}\n')
+    (out / "tb" / "events.out.tfevents.1.host").write_text("x")
+    refused(["train", "--out", str(out), *TRAIN], capsys, "is not an optdepth output folder", out)
+
+
+def test_a_run_folder_is_not_a_demo_folder(run, capsys):
+    refused(["demo", "--quick", "--out", str(run), "--no-progress"], capsys,
+            "is an optdepth run folder, not a demo folder", run)
+
+
+@pytest.mark.parametrize("out", ["/proc/optdepth_run", "data/t10k-labels-idx1-ubyte.gz/run",
+                                 "x" * 300, "loop"])
+def test_output_folder_that_cannot_be_created(out, data_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(data_folder, tmp_path / "data")
+    os.symlink("loop", tmp_path / "loop")
+    refused(["train", "--out", out, *TRAIN], capsys, "cannot use", tmp_path)
+
+
+def test_resume_after_editing_config_json_is_refused(run_copy, capsys):
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": 1e3}))
+    refused(["train", "--out", str(run_copy), "--resume", "--no-progress"], capsys,
+            "was written with other settings than the run's config.json (epochs, lr differ)",
+            run_copy)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "traces_test.npz"])
+def test_evaluation_file_that_cannot_be_written(name, run_copy, capsys):
+    target = run_copy / "evaluation" / name
+    target.unlink()
+    target.mkdir()
+    refused(["evaluate", str(run_copy), "--no-progress"], capsys, f"cannot write {target}")
+    for traces in (run_copy / "evaluation").glob("*.npz"):  # what was written is whole
+        if traces.is_file():
+            load_traces(traces)
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
@@ -339,7 +381,7 @@ def _cli(*args: str) -> list[str]:
 def test_second_writer_gets_a_busy_error(run, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from optdepth.rundir import write_lock\n"
-         "with write_lock(sys.argv[1], 'config.json'):\n print('locked', flush=True);"
+         "with write_lock(sys.argv[1], 'run'):\n print('locked', flush=True);"
          " time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -373,7 +415,7 @@ def test_leftovers_of_killed_writes_are_removed(run_copy):
              run_copy / "evaluation" / ".traces_test.npz.abc123.tmp"]
     for path in stale:
         path.write_bytes(b"")
-    with write_lock(run_copy, "config.json"):
+    with write_lock(run_copy, "run"):
         assert not any(path.exists() for path in stale)
 
 
@@ -416,3 +458,73 @@ def test_bad_trace_files_name_the_file(case, run_copy):
     with pytest.raises(TraceError, match=message) as info:
         load_traces(path)
     assert str(path) in str(info.value)
+
+
+def test_empty_out_is_refused(capsys):
+    with pytest.raises(SystemExit) as info:  # argparse: usage line, one error, exit code 2
+        main(["train", "--out", "", *TRAIN])
+    assert info.value.code == 2 and "must be a folder path, not empty" in capsys.readouterr().err
+
+
+def test_renamed_class_folders_are_refused_on_evaluate(tmp_path, capsys):
+    """Labels follow the sorted class folders: a renamed class would shift every label."""
+    from helpers import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "images")
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--dataset", "imagefolder", "--data-dir", str(data),
+                 "--model", "imagenet_resnet18", "--image-size", "32", "--calibration-size", "4",
+                 "--workers", "0", "--exits", "stages", "--device", "cpu", *TRAIN]) == 0
+    for split in ("train", "val"):
+        (data / split / "ant").rename(data / split / "zebra")
+    refused(["evaluate", str(run), "--no-progress"], capsys,
+            "the data's classes are not the ones", run)
+
+
+def test_one_class_imagefolder_is_refused(tmp_path, capsys):
+    from helpers import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "images", classes=("ant",))
+    refused(["train", "--out", str(tmp_path / "run"), "--dataset", "imagefolder", "--data-dir",
+             str(data), "--model", "imagenet_resnet18", "--workers", "0", *TRAIN], capsys,
+            "a classifier needs at least two", data)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda m, x: m(x.to(torch.uint8)), DataError, "expects float images, got torch.uint8"),
+    (lambda m, x: m.forward_until(x, "2"), ValueError, "exit_index must be in"),
+    (lambda m, x: optdepth.collect_traces(m, x), ValueError, "must be a batch source"),
+    (lambda m, x: optdepth.collect_traces(m, tiny_data(8, 8, 8).test, batch_size=0),
+     ValueError, "batch_size must be a positive integer"),
+    (lambda m, x: optdepth.evaluate_run("nowhere", data="x"), ValueError,
+     "data must be a dataset"),
+    (lambda m, x: optdepth.train({"epochs": 1}, "run"), TypeError, "config must be a TrainConfig"),
+    (lambda m, x: optdepth.train(TrainConfig(), "run", data=np.zeros(3)), TypeError,
+     "data must be a dataset"),
+    (lambda m, x: optdepth.create_model("imagenet_resnet18", freeze_backbone="no"), ConfigError,
+     "freeze_backbone must be true or false"),
+])
+def test_api_misuse_is_one_clear_error(call, error, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = optdepth.create_model("resnet20").eval()
+    with pytest.raises(error, match=message):
+        call(model, torch.randn(2, 1, 28, 28))
+    assert not any(tmp_path.iterdir())
+
+
+def test_policy_evaluation_arguments_are_checked(run):
+    cal = load_traces(run / "evaluation" / "traces_calibration.npz")
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        optdepth.evaluate_policies(cal, cal, names=["lsm"], folds=0)
+    with pytest.raises(ValueError, match=r"tolerance must be an accuracy loss in \[-1, 1\]"):
+        optdepth.evaluate_policies(cal, cal, names=["max_prob"], tolerance=float("nan"))
+
+
+def test_trace_values_that_no_network_writes_are_refused(run_copy):
+    path = run_copy / "evaluation" / "traces_test.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["probs"][0, 0, 0] = float("nan")
+    np.savez(path, **arrays)
+    with pytest.raises(TraceError, match="probs must be probabilities"):
+        load_traces(path)

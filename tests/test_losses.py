@@ -103,7 +103,7 @@ def test_regularizer_errors():
         optdepth.create_regularizer("relative", beta=-1)
     with pytest.raises(ConfigError, match="beta must be"):
         optdepth.create_regularizer("relative", beta=math.nan)
-    with pytest.raises(ConfigError, match="rho must be in"):
+    with pytest.raises(ConfigError, match="rho must be a number in"):
         optdepth.create_regularizer("decay_hinge", rho=1.5)
     with pytest.raises(ConfigError, match="bad arguments"):
         optdepth.create_regularizer("relative", rho=0.5)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
@@ -66,7 +67,8 @@ class _Images(Dataset):
         path, label = self.samples[i]
         try:
             image = self.transform(default_loader(path))
-        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for broken files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # what PIL raises for broken files, and for images too large to be real photos
             if not self.skip_bad:
                 raise DataError(f"cannot read image {path}: {exc}. Replace or delete it, or pass"
                                 " --skip-bad-images to leave unreadable images out.") from None
@@ -208,6 +210,9 @@ def load_imagefolder(data_dir: str | Path, image_size: int = 224,
     """
     root = Path(data_dir)
     train, val = _scan(root / "train"), _scan(root / "val")
+    if len(train.classes) < 2:
+        raise DataError(f"{root}/train holds {len(train.classes)} class folder(s); a classifier"
+                        " needs at least two")
     if train.classes != val.classes:
         missing = sorted(set(train.classes) - set(val.classes))
         extra = sorted(set(val.classes) - set(train.classes))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from optdepth.checkpoints import checkpoint_path, load_model
+from optdepth.checkpoints import checkpoint_path, load_model_and_checkpoint
 from optdepth.data.source import BatchSource, SplitDataset, load_run_dataset
 from optdepth.errors import CheckpointError, ConfigError
 from optdepth.evaluation.inference import forward_split
@@ -31,7 +31,17 @@ log = logging.getLogger(__name__)
 
 def collect_traces(model: MultiExitModel, split: BatchSource, split_name: str = "test",
                    batch_size: int = 1000, progress: bool = False) -> Traces:
-    """Run every exit on ``split`` and return its :class:`~optdepth.traces.Traces`."""
+    """Run every exit on ``split`` and return its :class:`~optdepth.traces.Traces`.
+
+    Raises:
+        ValueError: ``split`` is not a batch source (e.g. a bare tensor: wrap it as
+            ``optdepth.data.Split(images, labels)``), is empty, or ``batch_size`` < 1.
+    """
+    if not hasattr(split, "batches") or not hasattr(split, "__len__"):
+        raise ValueError(f"split must be a batch source such as optdepth.data.Split(images,"
+                         f" labels), got {type(split).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(split) == 0:
         raise ValueError(f"the {split_name} split is empty: nothing to trace")
     out = forward_split(model, split, batch_size, progress, desc=f"traces ({split_name})")
@@ -88,23 +98,41 @@ def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_si
     from optdepth.training.distributed import choose_device
 
     run_dir = Path(run_dir)
+    if data is not None and not all(hasattr(data, a) for a in ("calibration", "test", "classes")):
+        raise ValueError(f"data must be a dataset with calibration and test splits and classes"
+                         f" (optdepth.load_fashion_mnist()), got {type(data).__name__}")
+    if isinstance(data_dir, Path):
+        data_dir = str(data_dir)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     if not checkpoint_path(run_dir).is_file():
         raise CheckpointError(f"{run_dir} holds no trained run (no {checkpoint_path(run_dir)});"
                               " train one with `optdepth train --out RUN` first")
-    with write_lock(run_dir, "config.json"):
+    with write_lock(run_dir, "run"):
         config = TrainConfig.from_file(run_dir / "config.json")
         if data_dir is not None:
             config = config.replace(data_dir=data_dir)
-        model = load_model(run_dir)
+        model, ckpt = load_model_and_checkpoint(run_dir)
         if data is None:
             data = load_run_dataset(config.to_dict())
-        if model.num_classes != len(data.classes):
-            raise CheckpointError(f"{checkpoint_path(run_dir)} predicts {model.num_classes}"
-                                  f" classes, the run's data has {len(data.classes)}")
+        _check_classes(ckpt, model, data, checkpoint_path(run_dir))
         model.to(choose_device(device))
         return _write_evaluation(model, data, run_dir, batch_size, progress)
+
+
+def _check_classes(ckpt: dict[str, Any], model: MultiExitModel, data: SplitDataset,
+                   path: Path) -> None:
+    """The data's classes must be the ones the model was trained on, in the same order: a
+    renamed or added class folder would silently shift every label."""
+    if model.num_classes != len(data.classes):
+        raise CheckpointError(f"{path} predicts {model.num_classes} classes, the run's data has"
+                              f" {len(data.classes)}")
+    trained = ckpt.get("classes")
+    if isinstance(trained, list) and list(data.classes) != trained:
+        changed = [f"{a!r} -> {b!r}" for a, b in zip(trained, data.classes, strict=True) if a != b]
+        raise CheckpointError(f"the data's classes are not the ones {path} was trained on"
+                              f" ({', '.join(changed[:3])}); point --data-dir at the training"
+                              " data's layout")
 
 
 def _write_evaluation(model: MultiExitModel, data: SplitDataset, run_dir: Path, batch_size: int,

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from optdepth.data.source import BatchSource
+from optdepth.errors import DataError
 from optdepth.models.base import MultiExitModel
 
 
@@ -63,5 +64,7 @@ def forward_split(model: MultiExitModel, split: BatchSource, batch_size: int = 1
             labels.append(y)
     finally:
         model.train(was_training)
+    if not probs:
+        raise DataError("the split yielded no images (all of them unreadable or left out?)")
     return SplitOutputs(torch.cat(probs).numpy(), torch.cat(res).numpy(),
                         torch.cat(base).numpy(), torch.cat(labels).numpy())

@@ -230,6 +230,8 @@ def _logistic_newton(z: np.ndarray, y: np.ndarray, l2: float, iters: int = 50) -
 
 def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
     """(n,) fold index in [0, folds) of each sample, balanced and shuffled with ``seed``."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2 (cross-fitting), got {folds!r}")
     if n < 2 * folds:
         raise ValueError(f"cross-fitting with {folds} folds needs at least {2 * folds} "
                          f"calibration samples, got {n}; pass fewer folds or more data")

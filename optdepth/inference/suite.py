@@ -212,6 +212,9 @@ def evaluate_policies(calibration: Traces, test: Traces,
     Raises:
         ValueError: unknown name, empty traces, or test traces of another model.
     """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) \
+            or not -1 <= tolerance <= 1:  # a negative loss asks for more than the final exit
+        raise ValueError(f"tolerance must be an accuracy loss in [-1, 1], got {tolerance!r}")
     check_traces(calibration, "calibration traces")
     check_traces(test, "test traces")
     TraceSource.of_traces(calibration).check_matches(

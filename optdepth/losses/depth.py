@@ -80,8 +80,8 @@ class DecayHingePenalty(DepthRegularizer):
 
     def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0, rho: float = 0.8) -> None:
         super().__init__(beta, warmup_epochs)
-        if not 0.0 < rho <= 1.0:
-            raise ConfigError(f"rho must be in (0, 1], got {rho!r}")
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho <= 1.0:
+            raise ConfigError(f"rho must be a number in (0, 1], got {rho!r}")
         self.rho = float(rho)
 
     def penalty(self, outputs: ExitOutputs) -> Tensor:

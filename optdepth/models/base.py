@@ -88,6 +88,10 @@ class MultiExitModel(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`DataError` unless ``x`` is a float batch of ``input_shape`` images."""
+        if isinstance(x, Tensor) and tuple(x.shape[1:]) == self.input_shape \
+                and not x.is_floating_point():
+            raise DataError(f"{type(self).__name__} expects float images, got {x.dtype}; convert"
+                            " them (x.float(), normalised as in training)")
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise DataError(
@@ -121,7 +125,8 @@ class MultiExitModel(nn.Module):
         Returns:
             ExitOutputs with logits (exit_index + 1, B, C) and the norms of the blocks run.
         """
-        if not 0 <= exit_index < self.num_exits:
+        if isinstance(exit_index, bool) or not isinstance(exit_index, int) \
+                or not 0 <= exit_index < self.num_exits:
             raise ValueError(f"exit_index must be in [0, {self.num_exits - 1}], got {exit_index}")
         self.check_input(x)
         state = self.stem(x)

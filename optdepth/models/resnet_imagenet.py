@@ -112,7 +112,9 @@ class ImageNetResNet(MultiExitModel):
                                         for b in self.exit_blocks[:-1])
         starts = (0,) + tuple(b + 1 for b in self.exit_blocks[:-1])
         self._segments = tuple(zip(starts, (b + 1 for b in self.exit_blocks), strict=True))
-        self.freeze_backbone = bool(freeze_backbone)
+        if not isinstance(freeze_backbone, bool):
+            raise ConfigError(f"freeze_backbone must be true or false, got {freeze_backbone!r}")
+        self.freeze_backbone = freeze_backbone
         if weights_path is not None:
             load_torchvision_weights(self, weights_path)
         if self.freeze_backbone:

@@ -15,14 +15,16 @@ from typing import Any
 
 from optdepth.data.source import DATASETS
 from optdepth.errors import ConfigError
-from optdepth.losses.depth import list_regularizers
+from optdepth.losses.depth import create_regularizer, list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
-from optdepth.models.registry import list_models
+from optdepth.models.registry import DATA_ARGUMENTS, list_models
 from optdepth.training.distributed import DEVICE_PATTERN
 
 #: Optimizers the trainer builds: SGD with Nesterov momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adamw")
 MAX_EPOCHS = 100_000
+MAX_THREADS = MAX_WORKERS = 1024
+MAX_RATE = 1e6  # learning rates, weight decays and L_depth weights beyond this are typos
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds agree on 0 .. 2^32 - 1
 
 
@@ -114,6 +116,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_dir, Path):  # Python callers may pass a Path
+            object.__setattr__(self, "data_dir", str(self.data_dir))
         check_field_types(self)
         self._check_names()
         self._check_numbers()
@@ -139,6 +143,7 @@ class TrainConfig:
                               " images have a fixed size)")
         if self.device is not None and not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_model_and_regularizer_kwargs(self)
 
     def _check_numbers(self) -> None:
         check_common_numbers(self)
@@ -151,14 +156,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}; try 0.1-0.2")
+        if self.workers > MAX_WORKERS:
+            raise ConfigError(f"workers must be at most {MAX_WORKERS}, got {self.workers!r}")
+        if not _finite(self.lr) or not 0 < self.lr <= MAX_RATE:
+            raise ConfigError(f"lr must be a finite number in (0, {MAX_RATE:g}], got {self.lr!r};"
+                              " try 0.1-0.2")
         non_negative = {"beta": self.beta, "weight_decay": self.weight_decay,
                         "lr_warmup_epochs": self.lr_warmup_epochs,
                         "beta_warmup_epochs": self.beta_warmup_epochs}
         for name, value in non_negative.items():
-            if not _finite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not _finite(value) or not 0 <= value <= MAX_RATE:
+                raise ConfigError(f"{name} must be a finite number in [0, {MAX_RATE:g}], got"
+                                  f" {value!r}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not _finite(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
@@ -205,14 +214,29 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_model_and_regularizer_kwargs(config: Any) -> None:
+    """``model_kwargs`` leave the data's arguments to the data; ``regularizer_kwargs`` build."""
+    from_data = sorted(set(config.model_kwargs) & set(DATA_ARGUMENTS))
+    if from_data:
+        raise ConfigError(f"model_kwargs must not set {', '.join(from_data)}: the trainer takes"
+                          " them from the data")
+    reserved = sorted(set(config.regularizer_kwargs) & {"beta", "warmup_epochs"})
+    if reserved:
+        raise ConfigError(f"regularizer_kwargs must not set {', '.join(reserved)}: use the"
+                          " config's beta and beta_warmup_epochs")
+    create_regularizer(config.regularizer, beta=config.beta,
+                       warmup_epochs=config.beta_warmup_epochs, **config.regularizer_kwargs)
+
+
 def check_common_numbers(config: Any) -> None:
     """Ranges of the fields every training config has: epochs, seed, threads."""
     if not 1 <= config.epochs <= MAX_EPOCHS:
         raise ConfigError(f"epochs must be a positive integer <= {MAX_EPOCHS:,}, got {config.epochs!r}")
     if not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"seed must be an integer in [0, 2^32 - 1], got {config.seed!r}")
-    if config.threads is not None and config.threads < 1:
-        raise ConfigError(f"threads must be a positive integer or null, got {config.threads!r}")
+    if config.threads is not None and not 1 <= config.threads <= MAX_THREADS:
+        raise ConfigError(f"threads must be an integer in [1, {MAX_THREADS}] or null, got"
+                          f" {config.threads!r}")
 
 
 def _finite(value: Any) -> bool:

@@ -60,7 +60,7 @@ DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 
 def choose_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``device`` as asked (None: cuda if available), with ``cuda`` meaning ``cuda:LOCAL_RANK``."""
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -72,13 +72,21 @@ def choose_device(device: str | None, local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable that torchrun sets (``default`` when unset)."""
+    value = os.environ.get(name, str(default))
+    if not value.isdigit():
+        raise ConfigError(f"environment variable {name}={value!r} is not a non-negative integer;"
+                          " unset it, or start the job with torchrun")
+    return int(value)
+
+
 def setup(device: str | None = None) -> DistContext:
     """Join the process group torchrun describes (if any) and pick this process's device.
 
     An already initialised process group (e.g. made by a test harness) is used as it is.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, local_rank = _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(),
                            choose_device(device, local_rank))
@@ -87,6 +95,10 @@ def setup(device: str | None = None) -> DistContext:
         return DistContext(0, 1, dev)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} asks for {world} processes, but {', '.join(missing)}"
+                          " is not set: start the job with torchrun, or unset WORLD_SIZE")
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
     log.info("rank %d of %d on %s (%s)", dist.get_rank(), world, dev, dist.get_backend())
     return DistContext(dist.get_rank(), world, dev, owns_group=True)

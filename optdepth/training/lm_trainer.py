@@ -42,9 +42,15 @@ from optdepth.losses.depth import create_regularizer, list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS, multi_exit_cross_entropy
 from optdepth.models.causal_lm import CausalLM
 from optdepth.models.registry import create_model
-from optdepth.rundir import write_lock
+from optdepth.rundir import write_lock, write_marker
 from optdepth.traces import Traces, exit_features
-from optdepth.training.config import check_common_numbers, check_field_types, read_settings
+from optdepth.training.config import (
+    MAX_RATE,
+    check_common_numbers,
+    check_field_types,
+    check_model_and_regularizer_kwargs,
+    read_settings,
+)
 from optdepth.training.trainer import cosine_with_warmup, open_event_log, start_fresh
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ class LMTrainConfig:
                                                    for t in self.text))
         check_field_types(self)
         check_common_numbers(self)
+        check_model_and_regularizer_kwargs(self)
         if self.regularizer not in list_regularizers():
             raise ConfigError(f"unknown regularizer {self.regularizer!r}; available: "
                               f"{', '.join(list_regularizers())}")
@@ -95,8 +102,9 @@ class LMTrainConfig:
         for name in ("lr", "weight_decay", "grad_clip", "beta", "beta_warmup_epochs",
                      "lr_warmup_steps"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not math.isfinite(value) or not 0 <= value <= MAX_RATE:
+                raise ConfigError(f"{name} must be a finite number in [0, {MAX_RATE:g}], got"
+                                  f" {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -180,7 +188,8 @@ class _LMRun:
 
     def restore(self) -> None:
         self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
-                                              self.optimizer, self.scheduler)
+                                              self.optimizer, self.scheduler,
+                                              self.config.to_dict())
 
     def loss(self, epoch: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Total loss, multi-exit CE and β·L_depth on one batch of random windows."""
@@ -270,7 +279,7 @@ def train_lm(config: LMTrainConfig, run_dir: str | Path, *, corpus: TextCorpus |
         TrainingError: the loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
-    with write_lock(run_dir, "config.json"):
+    with write_lock(run_dir, "run"):
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         corpus = corpus or load_text_corpus(config.text)
@@ -278,6 +287,7 @@ def train_lm(config: LMTrainConfig, run_dir: str | Path, *, corpus: TextCorpus |
         run = _LMRun(config, run_dir, corpus)
         if resume:
             run.restore()
+            write_marker(run_dir, "run")  # runs written before markers existed
             log.info("resuming %s after epoch %d", run_dir, len(run.history))
         writer = open_event_log(run_dir, run.history, _add_scalars)
         try:

@@ -33,7 +33,7 @@ from optdepth.losses.depth import DepthRegularizer, create_regularizer
 from optdepth.losses.multi_exit import multi_exit_cross_entropy
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import DATA_ARGUMENTS, create_model
-from optdepth.rundir import write_lock
+from optdepth.rundir import write_lock, write_marker
 from optdepth.training import distributed
 from optdepth.training.config import TrainConfig
 from optdepth.training.distributed import DistContext
@@ -127,7 +127,8 @@ class _Run:
 
     def restore(self) -> None:
         self.history = restore_training_state(self.checkpoint_path, self.config.model, self.model,
-                                              self.optimizer, self.scheduler)
+                                              self.optimizer, self.scheduler,
+                                              self.config.to_dict())
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         self.net.train()
@@ -189,7 +190,8 @@ class _Run:
             "arch": {"name": self.config.model, "kwargs": self.model.arch_kwargs},
             "config": self.config.to_dict(), "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch + 1, "metric": record["cal_accuracy"], "history": self.history})
+            "epoch": epoch + 1, "metric": record["cal_accuracy"], "history": self.history,
+            "classes": list(self.data.classes)})
         write_text(self.run_dir / "metrics.jsonl",
                    "".join(json.dumps(r) + "\n" for r in self.history))
         return record
@@ -224,7 +226,9 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> tuple[
 
 
 def start_fresh(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write a new run's config.json, dropping what an unfinished earlier attempt logged."""
+    """Mark the folder as a run and write its config.json, dropping what an unfinished earlier
+    attempt logged."""
+    write_marker(run_dir, "run")
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
     write_json(run_dir / "config.json", config)
@@ -257,7 +261,7 @@ def run_dir_lock(run_dir: Path, ctx: DistContext) -> Iterator[None]:
         error: OptDepthError | None = None
         if ctx.is_main:
             try:
-                stack.enter_context(write_lock(run_dir, "config.json"))
+                stack.enter_context(write_lock(run_dir, "run"))
             except OptDepthError as exc:
                 error = exc
         error = distributed.broadcast(error, ctx)
@@ -290,6 +294,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     Returns:
         TrainResult with the model (unwrapped, on its training device) after the last epoch.
     """
+    _check_train_arguments(config, run_dir, data, callbacks)
     run_dir = Path(run_dir)
     ctx = distributed.setup(config.device)
     try:
@@ -300,9 +305,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                 torch.set_num_threads(config.threads)
             # Data and model before config.json: a new run that cannot start (missing data, bad
             # model arguments) leaves no folder behind that would refuse the corrected command.
-            run = _Run(config, run_dir, data or load_run_dataset(config.to_dict()), ctx, resume)
+            data = data if data is not None else load_run_dataset(config.to_dict())
+            run = _Run(config, run_dir, data, ctx, resume)
             if resume:
                 run.restore()
+                if ctx.is_main:
+                    write_marker(run_dir, "run")  # runs written before markers existed
                 log.info("resuming %s after epoch %d", run_dir, len(run.history))
             elif ctx.is_main:
                 start_fresh(run_dir, config.to_dict())
@@ -310,6 +318,20 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     finally:
         distributed.teardown(ctx)
     return TrainResult(run.model, run.history, run_dir)
+
+
+def _check_train_arguments(config: Any, run_dir: Any, data: Any, callbacks: Any) -> None:
+    """Clear errors for API misuse, before anything is loaded or written."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (TrainConfig(**settings) or"
+                        f" TrainConfig.from_file(path)), got {type(config).__name__}")
+    if not isinstance(run_dir, str | Path) or not str(run_dir):
+        raise TypeError(f"run_dir must be a non-empty path, got {run_dir!r}")
+    if data is not None and not all(hasattr(data, a) for a in ("train", "calibration", "classes")):
+        raise TypeError(f"data must be a dataset with train, calibration and test splits and"
+                        f" classes (optdepth.load_fashion_mnist()), got {type(data).__name__}")
+    if not all(callable(c) for c in callbacks):
+        raise TypeError("callbacks must be callables taking an epoch record")
 
 
 def open_event_log(run_dir: Path, history: Sequence[dict[str, Any]],

@@ -98,7 +98,7 @@ def test_outputs_are_independent_of_the_batch():
     ({"patch_size": 5}, "patch_size must divide image_size"),
     ({"depth": 0}, "depth must be a positive int"),
     ({"mlp_ratio": 0}, "mlp_ratio must be a number > 0"),
-    ({"exits": "stages"}, "exits must be 'all', a positive int"),
+    ({"exits": "stages"}, "exits must be 'all', an int k"),
     ({"exits": (1, 1)}, "distinct block indices in \\[0, 5\\]"),
     ({"exits": [7]}, "distinct block indices"),
 ])

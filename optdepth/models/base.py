@@ -222,14 +222,15 @@ def exit_positions(num_blocks: int, blocks_per_stage: int | None, exits: ExitSpe
         return tuple(range(num_blocks))
     if exits == "stages" and blocks_per_stage is not None:
         return tuple(range(blocks_per_stage - 1, num_blocks, blocks_per_stage))
-    if isinstance(exits, int) and not isinstance(exits, bool) and exits >= 1:
+    if isinstance(exits, int) and not isinstance(exits, bool) and 1 <= exits < num_blocks:
         chosen = set(range(exits - 1, num_blocks, exits)) | {num_blocks - 1}
         return tuple(sorted(chosen))
     if isinstance(exits, Sequence) and not isinstance(exits, str) and _block_indices(exits, num_blocks):
         return tuple(sorted(set(exits) | {num_blocks - 1}))
     stages = "'stages', " if blocks_per_stage is not None else ""
-    raise ConfigError(f"exits must be 'all', {stages}a positive int k or a list of distinct block "
-                      f"indices in [0, {num_blocks - 1}], got {exits!r}")
+    raise ConfigError(f"exits must be 'all', {stages}an int k in [1, {num_blocks - 1}] (every k-th"
+                      f" block; early exit needs two exits) or a list of distinct block indices"
+                      f" in [0, {num_blocks - 1}], got {exits!r}")
 
 
 def _block_indices(exits: Sequence[object], num_blocks: int) -> bool:

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from common import set_threads, write_result
 
 import optdepth
 from optdepth.data import load_fashion_mnist
 from optdepth.inference import evaluate_policies
-from optdepth.io import write_json
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
 from optdepth.training import TrainConfig, train_or_resume
 
@@ -70,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ablate_ldepth.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     data = load_fashion_mnist()
     results: dict[str, dict[str, Any]] = {}
     for text in args.variants:
@@ -88,12 +86,9 @@ def main() -> None:
                   + ", ".join(f"{n} {v['mean_compute']:.3f}" for n, v in iso.items()), flush=True)
     if "none" in results:
         add_paired_ratios(results, results["none"])
-    write_json(args.out, {"epochs": args.epochs, "augment": not args.no_augment,
-                          "exit_weighting": args.exit_weighting,
-                          "threads": args.threads, "seeds": args.seeds,
-                          "torch": torch.__version__,
-                          "machine": platform.processor() or platform.machine(),
-                          "variants": results})
+    write_result(args.out, {"epochs": args.epochs, "augment": not args.no_augment,
+                            "exit_weighting": args.exit_weighting, "threads": args.threads,
+                            "seeds": args.seeds, "variants": results})
     print_summary(results)
 
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import optdepth  # noqa: F401
     except ImportError:  # a checkout without the package installed
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from optdepth.io import write_json
+    from common import write_result
 
     runs = {str(run): bench_run(run, args) for run in args.runs}
     for name, policies in runs.items():
@@ -91,11 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {policy:9s} {ms[0]:.3f} / {ms[len(ms) // 2]:.3f} / {ms[-1]:.3f}")
     out = {"runs": runs,
            "settings": {"rows": args.rows, "calls": args.calls, "repeats": args.repeats,
-                        "threads": args.threads, "cpu_count": os.cpu_count(),
-                        "command": " ".join(["python", "benchmarks/bench_decision_cost.py",
-                                             *(argv if argv is not None else sys.argv[1:])])}}
-    write_json(args.out, out)
-    print(f"wrote {args.out}")
+                        "threads": args.threads}}
+    write_result(args.out, out, argv)
     return out
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -173,11 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:  # a checkout without the package installed
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
+    from common import set_threads, write_result
 
-    from optdepth.io import write_json
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     check_device(args.device)
     names = [str(run) for run in args.runs]
     runs = {name: bench_run(run, args) for name, run in zip(names, args.runs, strict=True)}
@@ -191,21 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for p in base}
         print("\niso-accuracy compute, second run / first: " + ", ".join(
             f"{p} {r:.3f}" for p, r in out["compute_ratio_second_to_first"].items()))
-    out["environment"] = {
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "thread_env": {v: os.environ.get(v) for v in THREAD_VARS}, "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "processor": platform.processor(),
-        "python": platform.python_version(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     out["settings"] = {"batch_size": args.batch_size, "repeats": args.repeats,
                        "device": args.device,
                        "device_name": (torch.cuda.get_device_name(args.device)
                                        if args.device.startswith("cuda") else None),
-                       "timing_subset": args.timing_subset,
-                       "command": " ".join(["python", "benchmarks/bench_early_exit.py",
-                                            *(argv if argv is not None else sys.argv[1:])])}
-    write_json(args.out, out)
-    print(f"wrote {args.out}")
+                       "timing_subset": args.timing_subset}
+    write_result(args.out, out, argv)
     return out
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -41,11 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
+from common import set_threads, write_result
 
 from optdepth.data.loader import Split
 from optdepth.evaluation import collect_traces
 from optdepth.inference import measure_wall_speedups
-from optdepth.io import write_json
 from optdepth.losses import create_regularizer, multi_exit_cross_entropy
 from optdepth.models import create_model
 from optdepth.stopping import StoppingPolicy
@@ -197,8 +196,7 @@ def time_inference(args: argparse.Namespace, device: torch.device) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     if device.type == "cuda":
@@ -207,16 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     training = time_training(args, device, amp)
     inference = time_inference(args, device)
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
-        "device_type": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "image_size": args.image_size, "amp_bf16": amp,
+        "device_type": device.type, "image_size": args.image_size, "amp_bf16": amp,
         "channels_last": amp and device.type == "cuda", "repeats": args.repeats,
         "training": training, "inference": inference,
         "wall_seconds": time.perf_counter() - start, "note": args.note,
-        "command": " ".join(["python", *sys.argv]),
     }
-    write_json(args.out, result)
+    write_result(args.out, result, argv)
     ips = training["images_per_s"]
     log.info("training images/s: multi-exit %.1f, with L_depth %.1f (overhead %.1f%%), "
              "torchvision single-exit %.1f", ips["multi_exit"], ips["multi_exit_ldepth"],

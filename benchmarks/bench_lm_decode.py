@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for var in THREAD_VARS:  # before numpy/torch load their thread pools
         os.environ[var] = str(args.threads)
-    import torch
+
+    from common import set_threads, write_result
 
     from optdepth.data.text import load_text_corpus
-    from optdepth.io import write_json
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     corpus = load_text_corpus(args.text)
     load_before = os.getloadavg()
     results = {run.name: bench_run(run, corpus, args) for run in args.runs}
@@ -125,14 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                   f" (final {100 * record['final_exit_test_accuracy']:.2f}%), compute"
                   f" {entry['mean_compute']:.3f}, decode acc "
                   f"{100 * entry.get('decode_accuracy', float('nan')):.2f}%")
-    write_json(args.out, {"runs": results, "threads": torch.get_num_threads(),
-                          "repeats": args.repeats, "batch_sizes": args.batch_sizes,
-                          "new_tokens": args.new_tokens, "eval_tokens": args.eval_tokens,
-                          "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                          "torch": torch.__version__,
-                          "machine": platform.processor() or platform.machine(),
-                          "command": " ".join(sys.argv)})
-    print(f"wrote {args.out}")
+    write_result(args.out, {"runs": results, "repeats": args.repeats,
+                            "batch_sizes": args.batch_sizes, "new_tokens": args.new_tokens,
+                            "eval_tokens": args.eval_tokens, "load_average_before": load_before},
+                 argv)
     return 0
 
 

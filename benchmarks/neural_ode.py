@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import set_threads, write_result
 
 import optdepth
 from optdepth.data import load_fashion_mnist
 from optdepth.inference import evaluate_policies, offline_exits
 from optdepth.inference.suite import oracle_exits
-from optdepth.io import write_json
 from optdepth.reports import plot_exit_accuracy, plot_policy_curves
 from optdepth.reports.continuous_plots import plot_bridge
 from optdepth.stopping import bridge_margin_process
@@ -116,7 +115,7 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     data = load_fashion_mnist()
     results, seconds = {}, {}
     for label, config in configs(args).items():
@@ -130,11 +129,9 @@ def main() -> None:
     for label, record in results.items():  # one figure each: the panels would share a y range
         plot_policy_curves({label: record}, Path(args.plots) / f"policy_curves_{label}.png")
     plot_exit_accuracy(results, Path(args.plots) / "exit_accuracy.png")
-    write_json(args.out, {
+    write_result(args.out, {
         "configs": {k: c.to_dict() for k, c in configs(args).items()},
-        "threads": args.threads, "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "train_seconds_per_epoch": seconds,
+        "threads": args.threads, "train_seconds_per_epoch": seconds,
         "note": "timings taken on a shared 2-core machine under contention", "runs": results})
 
 

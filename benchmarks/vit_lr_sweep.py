@@ -15,10 +15,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-import torch
+from common import write_result
 
 from optdepth.data import load_fashion_mnist
-from optdepth.io import write_json
 from optdepth.training import TrainConfig, train
 
 log = logging.getLogger("vit_lr_sweep")
@@ -46,8 +45,8 @@ def main() -> None:
                      "cal_exit_accuracy": history[-1]["cal_exit_accuracy"],
                      "epoch_seconds": [round(h["seconds"], 1) for h in history]})
         log.info("lr %g: calibration accuracy of the last exit %.4f", lr, history[-1]["cal_accuracy"])
-    write_json(args.out, {"model": args.model, "epochs": args.epochs, "train_subset": args.subset,
-                          "threads": torch.get_num_threads(), "runs": runs})
+    write_result(args.out, {"model": args.model, "epochs": args.epochs,
+                            "train_subset": args.subset, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -12,16 +12,14 @@ Run from the repository root with nothing else busy::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import set_threads, write_result
 
 import optdepth
-from optdepth.io import write_json
 
 CANDIDATES = {
     "resnet20": ("resnet20", {}),
@@ -56,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vit_step_time.json"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     times = time_steps(args.rounds, args.batch_size)
     reference = statistics.median(times["resnet20"][1:])
     results = {}
@@ -64,11 +62,8 @@ def main() -> None:
         median = statistics.median(seconds[1:])
         results[name] = {"median_step_s": median, "ratio_to_resnet20": median / reference}
         print(f"{name:40s} {median:.3f} s/step  {median / reference:.2f}x ResNet-20")
-    write_json(args.out, {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
-                          "rounds": args.rounds, "torch": torch.__version__,
-                          "machine": platform.processor() or platform.machine(),
-                          "results": results})
-    print(json.dumps({"written": str(args.out)}))
+    write_result(args.out, {"batch_size": args.batch_size, "rounds": args.rounds,
+                            "results": results})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from optdepth.checkpoints import load_model
 from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
@@ -36,6 +34,7 @@ from optdepth.inference import (
 from optdepth.io import write_json
 from optdepth.registry import Registry
 from optdepth.reports.demo_report import write_report
+from optdepth.reports.environment import environment
 from optdepth.reports.plots import (
     plot_exit_accuracy,
     plot_exit_histograms,
@@ -219,8 +218,7 @@ def _train_and_report(out: Path, model: str, plan: DemoSchedule, configs: dict[s
                "matched_accuracy": matched_accuracy_comparison(nets),
                "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta,
                             "regularizer": configs["ldepth"].regularizer},
-               "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "machine": platform.processor() or platform.machine()},
+               "environment": environment(),
                "wall_seconds": time.perf_counter() - start}
     plot_exit_accuracy(nets, out / "exit_accuracy.png")
     plot_residual_decay(nets, out / "residual_decay.png")

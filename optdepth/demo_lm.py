@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from optdepth.data.text import TextCorpus, eval_windows, load_text_corpus, spread_prompts
 from optdepth.evaluation.certificate import network_certificate
@@ -43,6 +41,7 @@ from optdepth.reports.demo_report import (
     policy_table,
     residual_table,
 )
+from optdepth.reports.environment import environment
 from optdepth.reports.plots import (
     plot_exit_accuracy,
     plot_exit_histograms,
@@ -206,8 +205,7 @@ def _train_and_report(out: Path, model: str, plan: LMDemoSchedule,
                          "dim": lm.dim, "parameters": sum(p.numel() for p in lm.parameters())},
                "corpus": {"source": corpus.source, **{f"{s}_bytes": len(getattr(corpus, s))
                                                       for s in ("train", "calibration", "test")}},
-               "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "machine": platform.processor() or platform.machine()},
+               "environment": environment(),
                "wall_seconds": time.perf_counter() - start}
     plot_exit_accuracy(nets, out / "exit_accuracy.png")
     plot_residual_decay(nets, out / "residual_decay.png")

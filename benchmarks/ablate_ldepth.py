@@ -30,8 +30,8 @@ from common import set_threads, write_result
 
 import optdepth
 from optdepth.data import load_fashion_mnist
-from optdepth.inference import evaluate_policies
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
+from optdepth.offline import evaluate_policies
 from optdepth.training import TrainConfig, train_or_resume
 
 

@@ -63,7 +63,7 @@ def decision_ms(policy: Any, histories: Any, repeats: int, calls: int) -> list[f
 def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from optdepth.inference import evaluate_policies
+    from optdepth.offline import evaluate_policies
     from optdepth.traces import load_traces
 
     test = load_traces(run / "evaluation" / "traces_test.npz")

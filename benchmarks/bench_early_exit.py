@@ -10,9 +10,9 @@ median of per-repeat ratios. It also measures the time share of each exit (stem 
 to it, per sample, at the same batch size) next to its FLOP share: where early blocks are
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock
 saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost, from
-:func:`optdepth.inference.exit_time_shares`, in each policy's timing record) says how much is
+:func:`optdepth.online.exit_time_shares`, in each policy's timing record) says how much is
 possible. ``engine_time`` splits one early-exit pass, under the profiler, into the network
-segments and the engine's own work (:func:`optdepth.inference.engine_time_breakdown`).
+segments and the engine's own work (:func:`optdepth.online.engine_time_breakdown`).
 
 Give two runs (baseline first, then L_depth) to also get the ratio of their iso-accuracy
 compute under each policy. Run from the repository root with nothing else busy::
@@ -67,14 +67,8 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from optdepth.checkpoints import load_checkpoint, load_model
     from optdepth.data import load_fashion_mnist
-    from optdepth.inference import (
-        early_exit_predict,
-        engine_time_breakdown,
-        evaluate_policies,
-        gap_summary,
-        measure_wall_speedup,
-        offline_exits,
-    )
+    from optdepth.offline import evaluate_policies, gap_summary
+    from optdepth.online import early_exit_predict, engine_time_breakdown, measure_wall_speedup, offline_exits
     from optdepth.traces import load_traces
 
     cal = load_traces(run / "evaluation" / "traces_calibration.npz")
@@ -135,7 +129,7 @@ def _fmt(value: float | None, width: int = 6) -> str:
 
 
 def report(name: str, result: dict[str, Any]) -> None:
-    from optdepth.inference.timing import ENGINE_PARTS
+    from optdepth.online.timing import ENGINE_PARTS
 
     print(f"\n{name}: final exit {100 * result['final_exit_test_accuracy']:.2f}% on test")
     print(f"  {'policy':9s} {'param':>9s} {'test acc':>8s} {'compute':>8s} {'speed-up':>8s} "

@@ -7,7 +7,7 @@ Two measurements, each as medians of interleaved repeats (A B C A B C ...):
    (``beta > 0``), plus torchvision's single-exit ResNet-50 as a reference. The L_depth
    overhead is the median over rounds of time(L_depth) / time(no L_depth) - 1 (target:
    <= 10%). On CUDA: bf16 autocast and channels-last, as the trainer does.
-2. **Early-exit inference** at batch 256 with :func:`optdepth.inference.measure_wall_speedups`
+2. **Early-exit inference** at batch 256 with :func:`optdepth.online.measure_wall_speedups`
    (full-depth final-head baseline, the full multi-exit forward, the real early-exit engine).
    The network is untrained and the input random, so no policy has anything to learn: the
    policy is a per-exit threshold on the max-probability feature, set on the traces of the
@@ -43,10 +43,10 @@ import torchvision
 from common import set_threads, write_result
 
 from optdepth.data.loader import Split
-from optdepth.evaluation import collect_traces
-from optdepth.inference import measure_wall_speedups
 from optdepth.losses import create_regularizer, multi_exit_cross_entropy
 from optdepth.models import create_model
+from optdepth.offline import collect_traces
+from optdepth.online import measure_wall_speedups
 from optdepth.stopping import StoppingPolicy
 
 log = logging.getLogger("bench_imagenet_gpu")

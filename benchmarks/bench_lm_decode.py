@@ -68,9 +68,10 @@ def static_policies(model: Any) -> dict[str, Any]:
 
 def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.data.text import eval_windows, spread_prompts
-    from optdepth.inference import evaluate_policies
-    from optdepth.inference.generation import measure_decode_speedups, teacher_forced_decode
-    from optdepth.training.lm_trainer import collect_lm_traces, load_lm
+    from optdepth.offline import evaluate_policies
+    from optdepth.offline.lm import collect_lm_traces
+    from optdepth.online.generation import measure_decode_speedups, teacher_forced_decode
+    from optdepth.training.lm_trainer import load_lm
 
     model = load_lm(run)
     cal = collect_lm_traces(model, corpus.calibration, "calibration", args.eval_tokens)

@@ -27,8 +27,9 @@ from common import set_threads, write_result
 
 import optdepth
 from optdepth.data import load_fashion_mnist
-from optdepth.inference import evaluate_policies, offline_exits
-from optdepth.inference.suite import oracle_exits
+from optdepth.offline import evaluate_policies
+from optdepth.offline.policy_evaluation import oracle_exits
+from optdepth.online import offline_exits
 from optdepth.reports import plot_exit_accuracy, plot_policy_curves
 from optdepth.reports.continuous_plots import plot_bridge
 from optdepth.stopping import bridge_margin_process

@@ -143,7 +143,7 @@ def _exits(text: str | None) -> str | int | None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from optdepth.evaluation import evaluate_run
+    from optdepth.offline import evaluate_run
 
     summary = evaluate_run(args.run, batch_size=args.batch_size, progress=not args.no_progress,
                            device=args.device, data_dir=args.data_dir)

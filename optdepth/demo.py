@@ -22,16 +22,11 @@ import numpy as np
 
 from optdepth.checkpoints import load_model
 from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from optdepth.evaluation.certificate import network_certificate
-from optdepth.evaluation.evaluate import evaluate_run
-from optdepth.inference import (
-    evaluate_policies,
-    gap_summary,
-    matched_accuracy_comparison,
-    measure_wall_speedups,
-    oracle_exits,
-)
 from optdepth.io import write_json
+from optdepth.offline import evaluate_policies, gap_summary, matched_accuracy_comparison, oracle_exits
+from optdepth.offline.certificate import network_certificate
+from optdepth.offline.evaluate import evaluate_run
+from optdepth.online import measure_wall_speedups
 from optdepth.registry import Registry
 from optdepth.reports.demo_report import write_report
 from optdepth.reports.environment import environment
@@ -151,7 +146,7 @@ def policy_metrics(run_dir: Path, data: FashionMNIST, fit: dict[str, float],
         ``policies`` (name -> curve and iso-accuracy record, with the wall speed-up of real
         early exit at batch 256), ``policy_comparison`` (ours vs the best rule and the oracle),
         ``timing`` (per-policy timing details) and the certificate fields of
-        :func:`~optdepth.evaluation.certificate.network_certificate` at the LSM operating point.
+        :func:`~optdepth.offline.certificate.network_certificate` at the LSM operating point.
     """
     cal = load_traces(run_dir / "evaluation" / "traces_calibration.npz")
     test = load_traces(run_dir / "evaluation" / "traces_test.npz")

@@ -44,7 +44,7 @@ def step_features(probs: np.ndarray, previous_prediction: np.ndarray | None,
     """Compute FEATURES of one exit for n samples: the one implementation used everywhere.
 
     The offline traces (:func:`exit_features`) and the online early-exit engine
-    (``optdepth.inference``) both call this function, so a policy sees the same numbers
+    (``optdepth.online``) both call this function, so a policy sees the same numbers
     whether it runs on a trace file or inside a forward pass. Every operation is row-wise, so a
     sample's features do not depend on which other samples share its batch.
 

@@ -76,8 +76,8 @@ def train_on_noisy_data(model, data: FashionMNIST, optimizer, steps: int, batch:
     Brief noisy training leaves early exits weak and late ones good, so that exit policies
     spread samples over many exits. Returns (calibration, test) traces; the model ends in eval.
     """
-    from optdepth.evaluation import collect_traces
     from optdepth.losses import multi_exit_cross_entropy
+    from optdepth.offline import collect_traces
 
     g = torch.Generator().manual_seed(0)
     n = len(data.train.labels)
@@ -112,7 +112,7 @@ def assert_online_equals_offline(model, policy, data: FashionMNIST, test, label:
     (``features``: "close" to float32 rounding, "exact" bitwise, "skip" not at all), and a
     lone-sample run on the first 20 samples.
     """
-    from optdepth.inference import early_exit_predict, offline_exits
+    from optdepth.online import early_exit_predict, offline_exits
 
     offline = offline_exits(policy, test)
     for batch_size, refill in batch_sizes:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import optdepth
-from optdepth.evaluation import collect_traces, evaluate_run
+from optdepth.offline import collect_traces, evaluate_run
 from optdepth.traces import FEATURES, Traces, exit_features, load_traces
 from optdepth.training import TrainConfig, train
 

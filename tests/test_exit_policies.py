@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optdepth.inference import (
+from optdepth.offline import (
     EXIT_POLICIES,
     NETWORK_POLICIES,
     TraceSource,
@@ -15,10 +15,9 @@ from optdepth.inference import (
     iso_accuracy_index,
     list_exit_policies,
     matched_accuracy_comparison,
-    offline_exits,
     oracle_exits,
 )
-from optdepth.inference.policies import (
+from optdepth.offline.exit_policies import (
     CalibratedState,
     Column,
     ExitCalibrator,
@@ -29,6 +28,7 @@ from optdepth.inference.policies import (
     fold_ids,
     run_length,
 )
+from optdepth.online import offline_exits
 from optdepth.stopping import ThresholdPolicy
 from optdepth.traces import FEATURES, Traces, exit_features
 

@@ -14,9 +14,8 @@ import optdepth
 from optdepth.cli import main
 from optdepth.data.imagefolder import load_imagefolder
 from optdepth.errors import CheckpointError, ConfigError, DataError
-from optdepth.evaluation import evaluate_run
-from optdepth.inference import evaluate_policies
 from optdepth.models.resnet_imagenet import residual_branch
+from optdepth.offline import evaluate_policies, evaluate_run
 from optdepth.traces import load_traces
 from optdepth.training import TrainConfig, train
 

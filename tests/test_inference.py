@@ -9,21 +9,18 @@ from helpers import assert_online_equals_offline, policy_grid, tiny_data, train_
 
 import optdepth
 from optdepth.errors import DataError
-from optdepth.inference import (
+from optdepth.offline import ExitPolicy, TraceSource, fit_exit_policy, list_exit_policies
+from optdepth.offline.exit_policies import FitContext
+from optdepth.online import (
     EarlyExitResult,
-    ExitPolicy,
-    TraceSource,
     early_exit_predict,
     engine_time_breakdown,
     exit_time_shares,
-    fit_exit_policy,
     full_depth_predict,
-    list_exit_policies,
     measure_wall_speedup,
     offline_exits,
 )
-from optdepth.inference.policies import FitContext
-from optdepth.inference.timing import ENGINE_PARTS
+from optdepth.online.timing import ENGINE_PARTS
 from optdepth.stopping import NotFittedError, ThresholdPolicy
 from optdepth.traces import FEATURES
 
@@ -116,7 +113,7 @@ def test_retired_samples_skip_later_blocks(trained, policies, refill):
 def test_channels_last_model_stays_channels_last_and_online_equals_offline(trained, policies):
     """A channels-last model: retiring samples keeps the state channels-last (no block gets an
     NCHW input to reorder), and the exits equal those of traces taken in that layout."""
-    from optdepth.evaluation import collect_traces
+    from optdepth.offline import collect_traces
 
     model, data, _, _ = trained
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from optdepth.errors import CheckpointError, DataError
-from optdepth.inference.generation import _Decoder, encode_prompts, generate, teacher_forced_decode
 from optdepth.losses import create_regularizer, multi_exit_cross_entropy
 from optdepth.models import create_model
 from optdepth.models.causal_lm import CausalLM
+from optdepth.online.generation import _Decoder, encode_prompts, generate, teacher_forced_decode
 from optdepth.stopping import ThresholdPolicy
 from optdepth.traces import FEATURES, step_features
 

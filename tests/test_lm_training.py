@@ -16,15 +16,10 @@ from optdepth.data.text import (
     stdlib_files,
 )
 from optdepth.errors import ConfigError, DataError
-from optdepth.inference import evaluate_policies
+from optdepth.offline import evaluate_policies
+from optdepth.offline.lm import collect_lm_traces, exit_perplexity
 from optdepth.traces import exit_features, load_traces
-from optdepth.training.lm_trainer import (
-    LMTrainConfig,
-    collect_lm_traces,
-    exit_perplexity,
-    load_lm,
-    train_lm,
-)
+from optdepth.training.lm_trainer import LMTrainConfig, load_lm, train_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

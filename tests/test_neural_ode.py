@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 import optdepth
 from optdepth.errors import ConfigError, DataError
-from optdepth.inference import fit_exit_policy, list_exit_policies
-from optdepth.inference.policies import FitContext
 from optdepth.losses.depth import KineticPenalty
 from optdepth.models import ExitOutputs
 from optdepth.models.neural_ode import NeuralODEClassifier, depth_grid
+from optdepth.offline import fit_exit_policy, list_exit_policies
+from optdepth.offline.exit_policies import FitContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,10 +10,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import optdepth
 from optdepth.errors import ConfigError
-from optdepth.inference import fit_exit_policy, list_exit_policies
-from optdepth.inference.policies import FitContext
 from optdepth.losses.depth import create_regularizer, list_regularizers
 from optdepth.models.vit import VisionTransformer
+from optdepth.offline import fit_exit_policy, list_exit_policies
+from optdepth.offline.exit_policies import FitContext
 from optdepth.training import TrainConfig, train
 from optdepth.training.trainer import build_optimizer
 

@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from optdepth.checkpoints import checkpoint_path, restore_training_state, save_checkpoint
 from optdepth.data.source import SplitDataset, load_run_dataset
 from optdepth.errors import CheckpointError, ConfigError, OptDepthError, TrainingError
-from optdepth.evaluation.inference import forward_split
 from optdepth.io import write_json, write_text
 from optdepth.losses.depth import DepthRegularizer, create_regularizer
 from optdepth.losses.multi_exit import multi_exit_cross_entropy
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import DATA_ARGUMENTS, create_model
+from optdepth.offline.forward import forward_split
 from optdepth.rundir import write_lock, write_marker
 from optdepth.training import distributed
 from optdepth.training.config import TrainConfig

@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from optdepth.errors import DataError
-from optdepth.inference.engine import check_policy, model_source
 from optdepth.models.base import per_sample_norm
 from optdepth.models.causal_lm import CausalLM, KVCache, check_token_ids
+from optdepth.online.engine import check_policy, model_source
 from optdepth.stopping import StoppingPolicy
 from optdepth.traces import FEATURES, step_features
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from optdepth.inference.policies import (
+from optdepth.offline.exit_policies import (
     EXIT_POLICIES,
     ExitPolicy,
     FitContext,
@@ -157,7 +157,7 @@ def evaluate_policy(name: str, ctx: FitContext, test: Traces, *,
     """Trace one registered policy's curves and pick its iso-accuracy point.
 
     Args:
-        name: a name from :data:`~optdepth.inference.policies.EXIT_POLICIES`.
+        name: a name from :data:`~optdepth.offline.exit_policies.EXIT_POLICIES`.
         ctx: the calibration data (:meth:`FitContext.from_traces`).
         test: test traces of the same network.
         params: parameter grid (default: the policy's own).

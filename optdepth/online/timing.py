@@ -34,8 +34,8 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from optdepth.data.loader import Split
-from optdepth.inference.engine import check_batch_size, early_exit_predict, split_images
 from optdepth.models.base import MultiExitModel
+from optdepth.online.engine import check_batch_size, early_exit_predict, split_images
 from optdepth.stopping import StoppingPolicy
 
 log = logging.getLogger(__name__)

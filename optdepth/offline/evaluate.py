@@ -19,9 +19,9 @@ import numpy as np
 from optdepth.checkpoints import checkpoint_path, load_model_and_checkpoint
 from optdepth.data.source import BatchSource, SplitDataset, load_run_dataset
 from optdepth.errors import CheckpointError, ConfigError
-from optdepth.evaluation.inference import forward_split
 from optdepth.io import write_json
 from optdepth.models.base import MultiExitModel
+from optdepth.offline.forward import forward_split
 from optdepth.rundir import write_lock
 from optdepth.stopping import fit_diminishing_returns
 from optdepth.traces import Traces, exit_features
@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_si
         CheckpointError: missing, malformed or mismatched checkpoint.
         RunBusyError: another process is writing the run.
     """
-    from optdepth.training.config import TrainConfig  # training imports evaluation
+    from optdepth.training.config import TrainConfig  # training imports the offline layer
     from optdepth.training.distributed import choose_device
 
     run_dir = Path(run_dir)

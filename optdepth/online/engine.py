@@ -16,7 +16,7 @@ the same policy code. What is left is floating-point summation order, and we pin
 * on oneDNN (the CPU build here) a sample's logits are bitwise equal for every batch size >= 2,
   but a batch of one takes other kernels (up to 2e-6 off), so a lone sample runs as a pair;
 * numpy reduces a single row in another order than a batch (1e-17 off), so
-  :class:`~optdepth.inference.policies.ExitPolicy` also decides a lone sample as a pair.
+  :class:`~optdepth.offline.exit_policies.ExitPolicy` also decides a lone sample as a pair.
 
 The tests check exits and predictions for exact equality with :func:`offline_exits` on traces,
 for every policy and several batch sizes (on the real ResNet-20 traces: all 10,000 test
@@ -31,7 +31,7 @@ Where the time goes. Under :mod:`torch.profiler` the engine's work shows up in l
 ``optdepth::stem``, ``optdepth::segment_{t}`` (the blocks of segment t, its exit head and the
 residual norms), ``optdepth::decide`` (features and the policy's decision),
 ``optdepth::retire`` (copying the continuing samples' states) and ``optdepth::regroup``
-(gathering a batch from the queue); :func:`optdepth.inference.engine_time_breakdown` sums them.
+(gathering a batch from the queue); :func:`optdepth.online.engine_time_breakdown` sums them.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from optdepth.data.loader import Split
-from optdepth.inference.policies import ExitPolicy, TraceSource, check_traces
 from optdepth.models.base import MultiExitModel, StepOutput
+from optdepth.offline.exit_policies import ExitPolicy, TraceSource, check_traces
 from optdepth.stopping import NotFittedError, StoppingPolicy
 from optdepth.traces import FEATURES, Traces, step_features
 

@@ -1,0 +1,22 @@
+"""The online layer: running a network with real early exit, and timing it.
+
+:func:`early_exit_predict` runs the net segment by segment and retires each sample at the exit
+its policy picks, so later blocks never run for it (:func:`offline_exits` applies the same
+policy to traces, for the online = offline checks); per-token early exit and greedy decoding
+for the causal LM live in :mod:`optdepth.online.generation`. Timing: interleaved wall-clock
+speed-ups over full depth (:func:`measure_wall_speedups`, :func:`measure_wall_speedup`), the
+time to reach each exit (:func:`exit_time_shares`) and the engine's own share
+(:func:`engine_time_breakdown`).
+"""
+
+from optdepth.online.engine import EarlyExitResult, early_exit_predict, offline_exits
+from optdepth.online.timing import (
+    engine_time_breakdown,
+    exit_time_shares,
+    full_depth_predict,
+    measure_wall_speedup,
+    measure_wall_speedups,
+)
+
+__all__ = ["EarlyExitResult", "early_exit_predict", "engine_time_breakdown", "exit_time_shares",
+           "full_depth_predict", "measure_wall_speedup", "measure_wall_speedups", "offline_exits"]

@@ -1,6 +1,7 @@
 """The ``optdepth`` command: a thin layer over library functions.
 
     optdepth train --out RUN [--config FILE] [flags]      train (or --resume) a multi-exit net
+    optdepth train --model lm --out RUN [--text PATH...]  the same for the causal LM
     torchrun --nproc_per_node=N -m optdepth train ...     the same on N processes (DDP); the
                                                           --batch-size is global
     optdepth evaluate RUN                                 per-exit accuracy, norms, exit traces
@@ -16,13 +17,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from optdepth.errors import OptDepthError
+from optdepth.errors import ConfigError, OptDepthError
 
 log = logging.getLogger("optdepth")
 
 # flag -> (TrainConfig field, type, help)
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--model": ("model", str, "registered model name (default resnet20)"),
+    "--model": ("model", str, "registered model name (default resnet20; lm, lm_small, lm_tiny:"
+                " the causal LM, trained on --text)"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "global batch size (split evenly across torchrun processes)"),
     "--optimizer": ("optimizer", str, "sgd (default) | adamw"),
@@ -70,6 +72,10 @@ def _add_train(sub: Any) -> None:
                    help="imagefolder: leave unreadable images out (logged) instead of stopping")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels-last (default: on for cuda, off on cpu)")
+    p.add_argument("--text", nargs="+", metavar="PATH",
+                   help="causal LM (--model lm...): text files or folders to train on (default:"
+                   " the Python standard library's sources)")
+    p.add_argument("--steps-per-epoch", type=int, help="causal LM: optimiser steps per epoch")
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -113,9 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: TrainConfig flags that also set the causal LM's config (LMTrainConfig) under the same name.
+LM_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "beta", "regularizer",
+             "beta_warmup_epochs", "exit_weighting", "seed", "threads")
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from optdepth.training import TrainConfig, train
 
+    if _wants_lm(args):
+        _cmd_train_lm(args)
+        return
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, field) for field, _, _ in TRAIN_FLAGS.values()
                if getattr(args, field) is not None}
@@ -134,6 +148,54 @@ def _cmd_train(args: argparse.Namespace) -> None:
                    progress=not args.no_progress)
     last = result.history[-1]
     log.info("done: %d epochs, calibration accuracy of the last exit %.4f; run in %s",
+             last["epoch"], last["cal_accuracy"], result.run_dir)
+
+
+def _wants_lm(args: argparse.Namespace) -> bool:
+    """Whether ``train`` is asked for the causal LM: by --model, LM-only flags, --config, or
+    (on --resume) the run's stored config."""
+    from pathlib import Path
+
+    from optdepth.training.config import read_settings
+
+    if args.model is not None:
+        return args.model.startswith("lm")
+    if args.text or args.steps_per_epoch is not None:
+        return True
+    stored = Path(args.out) / "config.json" if args.resume else args.config
+    if stored is None or not Path(stored).is_file():
+        return False
+    return str(read_settings(stored).get("model", "")).startswith("lm")
+
+
+def _cmd_train_lm(args: argparse.Namespace) -> None:
+    """``optdepth train --model lm ...``: the causal LM on text (LMTrainConfig, train_lm)."""
+    from pathlib import Path
+
+    from optdepth.checkpoints import checkpoint_path
+    from optdepth.training.lm_trainer import LMTrainConfig, train_lm
+
+    image_only = [flag for flag, (field, _, _) in TRAIN_FLAGS.items()
+                  if field not in (*LM_FIELDS, "model") and getattr(args, field) is not None]
+    image_only += [f"--{name.replace('_', '-')}" for name in ("width", "weights", "exits", "amp",
+                                                            "freeze_backbone", "skip_bad_images")
+                   if getattr(args, name) is not None]
+    if image_only:
+        raise ConfigError(f"{', '.join(image_only)} apply to image models; a causal LM trains on"
+                          " --text files (default: the Python standard library)")
+    if args.resume:
+        config = LMTrainConfig.from_file(Path(args.out) / "config.json")
+    else:
+        if checkpoint_path(args.out).is_file():
+            raise ConfigError(f"{args.out} already holds a run; pass --resume to continue it, or"
+                              " choose another --out (earlier runs are never overwritten)")
+        config = LMTrainConfig.from_file(args.config) if args.config else LMTrainConfig()
+        changes = {f: getattr(args, f) for f in (*LM_FIELDS, "model", "steps_per_epoch", "text")
+                   if getattr(args, f) is not None}
+        config = config.replace(**changes)
+    result = train_lm(config, args.out, progress=not args.no_progress)
+    last = result.history[-1]
+    log.info("done: %d epochs, calibration next-token accuracy of the last exit %.4f; run in %s",
              last["epoch"], last["cal_accuracy"], result.run_dir)
 
 

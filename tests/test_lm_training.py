@@ -183,3 +183,22 @@ def test_lm_demo_quick_writes_the_image_demo_schema(text_dir, tmp_path):
     report = (out / "report.md").read_text()
     assert "decode speed-up" in report and "](policy_curves.png)" in report
     assert (out / "runs" / "ldepth" / "evaluation" / "traces_test.npz").is_file()
+
+
+def test_cli_trains_and_resumes_the_language_model(text_dir, tmp_path, capsys):
+    from optdepth.cli import main
+
+    run = tmp_path / "run"
+    flags = ["--model", "lm_tiny", "--text", str(text_dir), "--steps-per-epoch", "3",
+             "--batch-size", "4", "--threads", "1", "--no-progress"]
+    assert main(["train", "--out", str(run), "--epochs", "1", *flags]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"], config["steps_per_epoch"], config["epochs"]) == ("lm_tiny", 3, 1)
+    assert main(["train", "--out", str(run), "--epochs", "1", *flags]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    before = (run / "metrics.jsonl").read_text()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0  # finished: kept
+    assert (run / "metrics.jsonl").read_text() == before
+    assert main(["train", "--out", str(tmp_path / "x"), "--model", "lm_tiny", "--dataset",
+                 "imagefolder"]) == 2
+    assert "--dataset apply to image models" in capsys.readouterr().err

@@ -528,3 +528,11 @@ def test_trace_values_that_no_network_writes_are_refused(run_copy):
     np.savez(path, **arrays)
     with pytest.raises(TraceError, match="probs must be probabilities"):
         load_traces(path)
+
+
+def test_train_subset_larger_than_the_data_is_refused(data_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    refused(["train", "--out", str(out), "--data-dir", str(data_folder), *TRAIN,
+             "--train-subset", "100000"], capsys, "train_subset 100,000 is larger than the"
+            " training split (600 images)", data_folder)
+    assert not out.exists()

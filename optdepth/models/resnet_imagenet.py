@@ -188,7 +188,8 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | Path) -> None:
         raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("exit_heads.")}
     head = ("fc.weight", "fc.bias")
-    if all(k in state and state[k].shape[0] != model.num_classes for k in head):
+    if all(k in state and state[k].dim() > 0 and state[k].shape[0] != model.num_classes
+           for k in head):
         log.warning("%s: fc has %d classes, the data %d: fc is left freshly initialised",
                     path, state["fc.bias"].shape[0], model.num_classes)
         state = {k: v for k, v in state.items() if k not in head}

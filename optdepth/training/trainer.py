@@ -100,6 +100,9 @@ class _Run:
     def __init__(self, config: TrainConfig, run_dir: Path, data: SplitDataset,
                  ctx: DistContext, resume: bool = False) -> None:
         self.config, self.run_dir, self.data, self.ctx = config, run_dir, data, ctx
+        if config.train_subset is not None and config.train_subset > len(data.train):
+            raise ConfigError(f"train_subset {config.train_subset:,} is larger than the training"
+                              f" split ({len(data.train):,} images)")
         self.train_split = data.train if config.train_subset is None else \
             data.train.subset(config.train_subset)
         torch.manual_seed(config.seed)

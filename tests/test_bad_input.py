@@ -474,7 +474,8 @@ def test_renamed_class_folders_are_refused_on_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--dataset", "imagefolder", "--data-dir", str(data),
                  "--model", "imagenet_resnet18", "--image-size", "32", "--calibration-size", "4",
-                 "--workers", "0", "--exits", "stages", "--device", "cpu", *TRAIN]) == 0
+                 "--workers", "0", "--exits", "stages", "--device", "cpu", *TRAIN,
+                 "--train-subset", "32"]) == 0
     for split in ("train", "val"):
         (data / split / "ant").rename(data / split / "zebra")
     refused(["evaluate", str(run), "--no-progress"], capsys,

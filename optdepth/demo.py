@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoSchedule:
-    """How long the demo trains: ``epochs`` over the first ``train_subset`` images (None: all).
+    """How long the demo trains: ``epochs`` over the first ``train_subset`` images (at most; None:
+    all).
 
     The short schedules train on plain images (augmentation slows convergence too much for 5
     epochs) with uniform exit weights; the full schedule trains longer, augments, and weights
@@ -194,6 +195,10 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
     with write_lock(out, "demo"):
         data = load_fashion_mnist(data_dir)
+        if plan.train_subset is not None and plan.train_subset > len(data.train):
+            # a schedule's subset is "at most": a smaller data folder trains on all of it
+            plan = dataclasses.replace(plan, train_subset=len(data.train))
+            configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
         write_marker(out, "demo")
         return _train_and_report(out, model, plan, configs, data, progress, start)
 

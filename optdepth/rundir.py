@@ -69,7 +69,7 @@ def _holder(lock_path: Path) -> str:
 
 
 @contextmanager
-def write_lock(folder: str | Path, kind: str) -> Iterator[bool]:
+def write_lock(folder: str | Path, kind: str) -> Iterator[None]:
     """Claim ``folder`` (see :func:`claim_folder`), then hold its write lock for the block.
 
     Nothing is created in a folder that is not ours: the claim comes first. Then the folder is
@@ -79,15 +79,12 @@ def write_lock(folder: str | Path, kind: str) -> Iterator[bool]:
         folder: the output folder.
         kind: what the folder holds, one of :data:`KINDS`.
 
-    Yields:
-        Whether the folder already held output of ours.
-
     Raises:
         RunDirError: the folder is not ours.
         RunBusyError: another process holds the lock (it is writing this folder now).
     """
     folder = Path(folder)
-    ours = claim_folder(folder, kind)
+    claim_folder(folder, kind)
     try:
         key = folder.resolve()
         created = not folder.exists()
@@ -99,7 +96,7 @@ def write_lock(folder: str | Path, kind: str) -> Iterator[bool]:
         os.close(fd)
         _HELD[key][1] += 1
         try:
-            yield ours
+            yield
         finally:
             _HELD[key][1] -= 1
         return
@@ -113,7 +110,7 @@ def write_lock(folder: str | Path, kind: str) -> Iterator[bool]:
     _HELD[key] = [fd, 1]
     try:
         _remove_leftovers(folder)
-        yield ours
+        yield
     finally:
         del _HELD[key]
         os.close(fd)  # closing the descriptor releases the lock
@@ -142,11 +139,8 @@ def _remove_leftovers(folder: Path) -> None:
             log.info("removed %s, left behind by an interrupted write", path)
 
 
-def claim_folder(folder: str | Path, kind: str) -> bool:
+def claim_folder(folder: str | Path, kind: str) -> None:
     """Check that ``folder`` is ours to write: missing, empty, or an optdepth folder of ``kind``.
-
-    Returns:
-        True when the folder holds output of ours, False for a new or empty folder.
 
     Raises:
         RunDirError: ``folder`` is a file, cannot be read, holds files that are not ours, or is an
@@ -163,9 +157,9 @@ def claim_folder(folder: str | Path, kind: str) -> bool:
             if found != kind:
                 raise RunDirError(f"{folder} is an optdepth {found} folder, not a {kind} folder;"
                                   " choose another output folder")
-            return True
+            return
         if kind == "run" and (folder / _LEGACY_RUN).is_file():
-            return True
+            return
         entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) \
             if folder.is_dir() else []
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
@@ -175,7 +169,6 @@ def claim_folder(folder: str | Path, kind: str) -> bool:
         raise RunDirError(f"{folder} is not empty and is not an optdepth output folder (no"
                           f" {MARKER} marker): it holds {shown}. Nothing was written; choose a new"
                           " or empty folder.")
-    return False
 
 
 def _marker_kind(folder: Path) -> str:

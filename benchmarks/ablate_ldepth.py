@@ -8,7 +8,7 @@ the calibration split and records its test accuracy and mean compute at the iso-
     python benchmarks/ablate_ldepth.py --variants none relative:0.5 distill:1.0 \
         --epochs 5 --no-augment --threads 1 --runs runs/ablation --seeds 0 1 2
 
-A variant is ``none`` (β = 0) or ``NAME:BETA`` with NAME from optdepth.list_regularizers().
+A variant is ``none`` (β = 0) or ``NAME:BETA`` with NAME from list_regularizers().
 Run ``--runs/LABEL/seedS`` trains variant LABEL with seed S (initialisation and batch order; the
 calibration split is the same for every seed). With several seeds the summary also gives, per
 variant and policy, each seed's iso-accuracy compute over the baseline's (``none``) compute with
@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 from common import set_threads, write_result
 
-import optdepth
 from optdepth.data import load_fashion_mnist
+from optdepth.experiments.pipeline import train_and_evaluate
+from optdepth.losses import list_regularizers
 from optdepth.losses.multi_exit import EXIT_WEIGHTINGS
-from optdepth.offline import evaluate_policies
-from optdepth.training import TrainConfig, train_or_resume
+from optdepth.offline import RunEvaluation, evaluate_policies
+from optdepth.training import TrainConfig
 
 
 def parse_variant(text: str) -> tuple[str, str, float]:
@@ -40,17 +41,17 @@ def parse_variant(text: str) -> tuple[str, str, float]:
     if text == "none":
         return "none", "relative", 0.0
     name, _, beta = text.partition(":")
-    if name not in optdepth.list_regularizers() or not beta:
+    if name not in list_regularizers() or not beta:
         raise SystemExit(f"bad variant {text!r}: use none or NAME:BETA, NAME in "
-                         f"{optdepth.list_regularizers()}")
+                         f"{list_regularizers()}")
     return f"{name}_{beta}", name, float(beta)
 
 
-def iso_points(run: Path) -> dict[str, dict[str, float]]:
+def iso_points(evaluation: RunEvaluation) -> dict[str, dict[str, float]]:
     """Each policy's test accuracy and mean compute at its iso-accuracy point (chosen on cal)."""
-    cal, test = (optdepth.load_traces(run / "evaluation" / f"traces_{split}.npz")
-                 for split in ("calibration", "test"))
-    return {name: ev.metrics()["iso_accuracy"] for name, ev in evaluate_policies(cal, test).items()}
+    traces = evaluation.traces
+    return {name: ev.metrics()["iso_accuracy"]
+            for name, ev in evaluate_policies(traces["calibration"], traces["test"]).items()}
 
 
 def main() -> None:
@@ -95,9 +96,10 @@ def main() -> None:
 def run_variant(config: TrainConfig, run: Path, data) -> dict[str, Any]:
     """Train (or reuse) one run, evaluate it and fit every policy: the per-seed record."""
     start = time.perf_counter()
-    train_or_resume(config, run, data=data, progress=False)
-    summary = optdepth.evaluate_run(run, data=data, progress=False)
-    return {"iso_accuracy": iso_points(run), "final_exit_accuracy": summary["exit_accuracy"][-1],
+    evaluation = train_and_evaluate(config, run, data, progress=False)
+    summary = evaluation.summary
+    return {"iso_accuracy": iso_points(evaluation),
+            "final_exit_accuracy": summary["exit_accuracy"][-1],
             "exit_accuracy": summary["exit_accuracy"],
             "relative_residual_norm": summary["relative_residual_norm"],
             **summary["decay_fit"], "seconds": time.perf_counter() - start}

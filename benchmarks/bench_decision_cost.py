@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optdepth.rundir import RunLayout
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     for run in args.runs:
         for split in ("calibration", "test"):
-            if not (run / "evaluation" / f"traces_{split}.npz").is_file():
+            if not RunLayout(run).traces(split).is_file():
                 parser.error(f"{run}: no evaluation/traces_{split}.npz; run "
                              f"`optdepth evaluate {run}` first")
     return args
@@ -66,9 +68,9 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.offline import evaluate_policies
     from optdepth.traces import load_traces
 
-    test = load_traces(run / "evaluation" / "traces_test.npz")
+    test = load_traces(RunLayout(run).traces("test"))
     histories = np.ascontiguousarray(test.features[: args.rows], dtype=np.float32)
-    evaluations = evaluate_policies(load_traces(run / "evaluation" / "traces_calibration.npz"),
+    evaluations = evaluate_policies(load_traces(RunLayout(run).traces("calibration")),
                                     test)
     return {name: decision_ms(e.policy, histories, args.repeats, args.calls)
             for name, e in evaluations.items() if e.policy is not None}

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from optdepth.rundir import RunLayout
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -54,10 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     for run in args.runs:
-        for part in ("checkpoints/last.pt", "evaluation/traces_calibration.npz",
-                     "evaluation/traces_test.npz"):
-            if not (run / part).is_file():
-                parser.error(f"{run / part} is missing; train and run `optdepth evaluate {run}`")
+        layout = RunLayout(run)
+        for part in (layout.checkpoint, layout.traces("calibration"), layout.traces("test")):
+            if not part.is_file():
+                parser.error(f"{part} is missing; train and run `optdepth evaluate {run}`")
     return args
 
 
@@ -68,13 +70,18 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.checkpoints import load_checkpoint, load_model
     from optdepth.data import load_fashion_mnist
     from optdepth.offline import evaluate_policies, gap_summary
-    from optdepth.online import early_exit_predict, engine_time_breakdown, measure_wall_speedup, offline_exits
+    from optdepth.online import (
+        early_exit_predict,
+        engine_time_breakdown,
+        measure_wall_speedups,
+        offline_exits,
+    )
     from optdepth.traces import load_traces
 
-    cal = load_traces(run / "evaluation" / "traces_calibration.npz")
-    test = load_traces(run / "evaluation" / "traces_test.npz")
+    cal = load_traces(RunLayout(run).traces("calibration"))
+    test = load_traces(RunLayout(run).traces("test"))
     model = load_model(run).to(args.device)
-    data_dir = args.data_dir or load_checkpoint(run / "checkpoints" / "last.pt")["config"].get(
+    data_dir = args.data_dir or load_checkpoint(RunLayout(run).checkpoint)["config"].get(
         "data_dir")
     split = load_fashion_mnist(data_dir).test
     if not np.array_equal(split.labels.numpy(), test.labels):
@@ -92,8 +99,8 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             record["online_matches_offline"] = bool(
                 np.array_equal(online.exit_index, offline.exit_index)
                 and np.array_equal(online.predictions, offline.predictions))
-            record["timing"] = measure_wall_speedup(model, evaluation.policy, timed,
-                                                    args.batch_size, args.repeats)
+            record["timing"] = measure_wall_speedups(model, {name: evaluation.policy}, timed,
+                                                     args.batch_size, args.repeats)[name]
             record["iso_accuracy"]["wall_speedup"] = record["timing"]["wall_speedup"]
             record["engine_time"] = engine_time_breakdown(model, evaluation.policy, timed,
                                                           args.batch_size)

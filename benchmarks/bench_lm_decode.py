@@ -67,13 +67,14 @@ def static_policies(model: Any) -> dict[str, Any]:
 
 
 def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from optdepth.checkpoints import load_model
     from optdepth.data.text import eval_windows, spread_prompts
+    from optdepth.models.causal_lm import CausalLM
     from optdepth.offline import evaluate_policies
-    from optdepth.offline.lm import collect_lm_traces
+    from optdepth.offline.collect import collect_lm_traces
     from optdepth.online.generation import measure_decode_speedups, teacher_forced_decode
-    from optdepth.training.lm_trainer import load_lm
 
-    model = load_lm(run)
+    model = load_model(run, model_type=CausalLM)
     cal = collect_lm_traces(model, corpus.calibration, "calibration", args.eval_tokens)
     test = collect_lm_traces(model, corpus.test, "test", args.eval_tokens)
     evaluations = evaluate_policies(cal, test)

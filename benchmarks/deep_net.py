@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from optdepth.demo import SCHEDULES, run_demo
 from optdepth.errors import OptDepthError
+from optdepth.experiments.image_demo import SCHEDULES, run_demo
 
 SMALL_OUTPUTS = ("metrics.json", "report.md", "exit_accuracy.png", "residual_decay.png",
                  "policy_curves.png", "exit_histograms.png")

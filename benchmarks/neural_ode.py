@@ -33,6 +33,7 @@ from optdepth.online import offline_exits
 from optdepth.reports import plot_exit_accuracy, plot_policy_curves
 from optdepth.reports.continuous_plots import plot_bridge
 from optdepth.stopping import bridge_margin_process
+from optdepth.traces import Traces
 from optdepth.training import TrainConfig, train_or_resume
 
 log = logging.getLogger("neural_ode")
@@ -46,18 +47,15 @@ def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
     return {"plain": base} | {f"kinetic_{b:g}": base.replace(beta=b) for b in args.betas}
 
 
-def nfe_per_exit(run: Path, data: Any) -> np.ndarray:
+def nfe_per_exit(model: torch.nn.Module, data: Any) -> np.ndarray:
     """(T,) cumulative function evaluations to reach each exit, counted on a forward pass."""
-    model = optdepth.load_model(run).eval()
     with torch.no_grad():
         model(data.test.images[:2])
     return np.cumsum(model.nfe_per_segment)
 
 
-def policy_figures(run: Path, nfe: np.ndarray) -> dict[str, Any]:
+def policy_figures(cal: Traces, test: Traces, nfe: np.ndarray) -> dict[str, Any]:
     """Every policy's test curve and iso-accuracy point, with the mean NFE there."""
-    cal, test = (optdepth.load_traces(run / "evaluation" / f"traces_{s}.npz")
-                 for s in ("calibration", "test"))
     correct = test.correct()  # (N, T) 0.0 or 1.0
     out = {}
     for name, ev in evaluate_policies(cal, test).items():
@@ -70,20 +68,20 @@ def policy_figures(run: Path, nfe: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def run_bridge(run: Path, lam: float, plots: Path, label: str) -> dict[str, Any]:
+def run_bridge(cal: Traces, test: Traces, lam: float, plots: Path, label: str) -> dict[str, Any]:
     """The free-boundary rule vs LSM on the run's logit-margin trajectories (cal fit, test value)."""
-    cal, test = (optdepth.load_traces(run / "evaluation" / f"traces_{s}.npz")
-                 for s in ("calibration", "test"))
     result = bridge_margin_process(cal.probs, cal.labels, test.probs, test.labels, lam=lam)
     plot_bridge(result, plots / f"bridge_{label}.png", title=f"neural ODE ({label}), λ = {lam:g}")
     return result.summary()
 
 
 def analyse(label: str, run: Path, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    summary = optdepth.evaluate_run(run, data=data, progress=False)
-    nfe = nfe_per_exit(run, data)
-    policies = policy_figures(run, nfe)
-    bridge = {f"{lam:g}": run_bridge(run, lam, Path(args.plots), f"{label}_lam{lam:g}")
+    evaluation = optdepth.evaluate_run(run, data=data, progress=False)
+    summary, cal, test = (evaluation.summary, evaluation.traces["calibration"],
+                          evaluation.traces["test"])
+    nfe = nfe_per_exit(evaluation.model, data)
+    policies = policy_figures(cal, test, nfe)
+    bridge = {f"{lam:g}": run_bridge(cal, test, lam, Path(args.plots), f"{label}_lam{lam:g}")
               for lam in args.lams}
     for name, rec in policies.items():
         iso = rec["iso_accuracy"]

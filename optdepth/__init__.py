@@ -11,28 +11,27 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it: what a user needs, one way to do each thing. The rest
+# lives in the subpackages named after their layer (models, losses, data, training, offline,
+# online, stopping, experiments, reports).
 _EXPORTS = {
-    "ExitOutputs": "optdepth.models",
-    "MultiExitModel": "optdepth.models",
+    # models: build one, or subclass the contract for your own
     "create_model": "optdepth.models",
-    "list_models": "optdepth.models",
-    "register_model": "optdepth.models",
+    "MultiExitModel": "optdepth.models",
+    # the loss terms, for your own training loop
     "multi_exit_cross_entropy": "optdepth.losses",
     "create_regularizer": "optdepth.losses",
-    "list_regularizers": "optdepth.losses",
-    "DepthRegularizer": "optdepth.losses",
+    # or ours: one trainer, one config per task
     "TrainConfig": "optdepth.training",
+    "LMTrainConfig": "optdepth.training",
     "train": "optdepth.training",
-    "evaluate_run": "optdepth.offline",
+    # a trained run: reload it, evaluate it (model, exit traces, summary)
     "load_model": "optdepth.checkpoints",
-    "collect_traces": "optdepth.offline",
-    "early_exit_predict": "optdepth.online",
+    "evaluate_run": "optdepth.offline",
+    # exit policies on traces, then real early exit
     "evaluate_policies": "optdepth.offline",
     "fit_exit_policy": "optdepth.offline",
-    "Traces": "optdepth.traces",
-    "load_traces": "optdepth.traces",
-    "load_fashion_mnist": "optdepth.data",
+    "early_exit_predict": "optdepth.online",
     "OptDepthError": "optdepth.errors",
 }
 

@@ -23,25 +23,20 @@ from typing import Any
 
 import torch
 
-from optdepth.errors import CheckpointError, ConfigError
+from optdepth.errors import CheckpointError, ConfigError, OptDepthError
 from optdepth.io import atomic_write
 from optdepth.models.base import MultiExitModel
 from optdepth.models.registry import DATA_ARGUMENTS, create_model
+from optdepth.rundir import RunLayout
 from optdepth.tensor_files import read_torch_file, state_dict_mismatches
 
 FORMAT_VERSION = 1
 #: Where a run directory keeps its latest checkpoint.
-CHECKPOINT_NAME = Path("checkpoints") / "last.pt"
 #: Elements a rebuilt model may hold beyond the checkpoint's own tensors (buffers that are not
 #: saved, such as positional tables): 2^28 float32 values are 1 GiB.
 _EXTRA_ELEMENTS = 2**28
 #: Fields a checkpoint needs to continue training, with their types.
 _TRAINING_FIELDS = {"optimizer": dict, "scheduler": dict, "history": list}
-
-
-def checkpoint_path(run_dir: str | Path) -> Path:
-    """The latest checkpoint of a run directory."""
-    return Path(run_dir) / CHECKPOINT_NAME
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -178,25 +173,31 @@ def check_weights_fit(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
 _OPERATIONAL = frozenset({"device", "threads", "data_dir", "workers", "eval_batch_size"})
 
 
-def check_config(ckpt: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> None:
-    """Raise unless the checkpoint was written under ``config`` (the run's config.json), up to
-    the operational fields (device, threads, data_dir, workers, eval_batch_size).
+def check_config(ckpt: Mapping[str, Any], path: Path, config: Any) -> None:
+    """Raise unless the checkpoint was written under ``config`` (the run's config.json, a
+    :class:`~optdepth.training.config.RunConfig`), up to the operational fields (device,
+    threads, data_dir, workers, eval_batch_size).
 
-    A hand-edited config.json would otherwise be recorded as the run's settings while the
-    optimizer state restored from the checkpoint silently kept the old ones.
+    The stored settings are read as ``config``'s type reads them, so fields added since the
+    checkpoint was written compare at their defaults. A hand-edited config.json would otherwise
+    be recorded as the run's settings while the optimizer state restored from the checkpoint
+    silently kept the old ones.
     """
-    stored = ckpt.get("config") or {}
-    differing = sorted(k for k in (set(stored) | set(config)) - _OPERATIONAL
-                       if _as_json(stored.get(k)) != _as_json(config.get(k)))
+    try:
+        stored = type(config).from_dict(dict(ckpt.get("config") or {})).to_dict()
+    except (OptDepthError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} holds settings this run cannot read: {exc}") from exc
+    current = config.to_dict()
+    differing = sorted(k for k in set(stored) - _OPERATIONAL
+                       if _as_json(stored[k]) != _as_json(current[k]))
     if differing:
         raise CheckpointError(f"{path} was written with other settings than the run's config.json"
                               f" ({', '.join(differing)} differ). Restore config.json, or train"
                               " the new settings in a new folder.")
 
 
-def restore_training_state(path: Path, arch: str, model: MultiExitModel,
-                           optimizer: torch.optim.Optimizer, scheduler: Any,
-                           config: Mapping[str, Any]) -> list[dict[str, Any]]:
+def restore_training_state(path: Path, model: MultiExitModel, optimizer: torch.optim.Optimizer,
+                           scheduler: Any, config: Any) -> list[dict[str, Any]]:
     """Load a training checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place.
 
     ``model`` is the run's model as ``config`` (the run's config.json) builds it: the checkpoint
@@ -211,7 +212,7 @@ def restore_training_state(path: Path, arch: str, model: MultiExitModel,
     """
     ckpt = load_checkpoint(path, training=True)
     check_config(ckpt, path, config)
-    check_arch(ckpt, path, arch, model.arch_kwargs)
+    check_arch(ckpt, path, config.model, model.arch_kwargs)
     check_weights_fit(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"])
     try:
@@ -223,17 +224,23 @@ def restore_training_state(path: Path, arch: str, model: MultiExitModel,
     return list(ckpt["history"])
 
 
-def load_model(path: str | Path, expected_arch: str | None = None) -> MultiExitModel:
+def load_model(path: str | Path, expected_arch: str | None = None,
+               model_type: type[MultiExitModel] = MultiExitModel) -> MultiExitModel:
     """Rebuild a trained model from a checkpoint file or a run directory, in eval mode.
 
     For a run directory, the checkpoint must hold the model its ``config.json`` names, with
-    the architecture arguments given there (``model_kwargs``).
+    the architecture arguments given there (``model_kwargs``). ``model_type`` is the kind of
+    model the caller can use (:class:`~optdepth.models.causal_lm.CausalLM` for decoding).
 
     Raises:
         CheckpointError: unreadable or malformed checkpoint, one that belongs to another run,
-            or weights that do not fit the architecture.
+            weights that do not fit the architecture, or a model that is no ``model_type``.
     """
-    return load_model_and_checkpoint(path, expected_arch)[0]
+    model = load_model_and_checkpoint(path, expected_arch)[0]
+    if not isinstance(model, model_type):
+        raise CheckpointError(f"{path} holds a {model.arch_name!r} model, not a"
+                              f" {model_type.__name__}; point at a run of such a model")
+    return model
 
 
 def load_model_and_checkpoint(path: str | Path, expected_arch: str | None = None
@@ -242,8 +249,9 @@ def load_model_and_checkpoint(path: str | Path, expected_arch: str | None = None
     path = Path(path)
     config = None
     if path.is_dir():
-        config = _read_run_config(path / "config.json")
-        path = checkpoint_path(path)
+        layout = RunLayout(path)
+        config = _read_run_config(layout.config)
+        path = layout.checkpoint
     ckpt = load_checkpoint(path, expected_arch)
     if config is not None:
         check_arch(ckpt, path, config["model"], config["model_kwargs"])

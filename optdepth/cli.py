@@ -2,15 +2,16 @@
 
     optdepth train --out RUN [--config FILE] [flags]      train (or --resume) a multi-exit net
     optdepth train --model lm --out RUN [--text PATH...]  the same for the causal LM
+    optdepth evaluate RUN                                 per-exit accuracy, norms, exit traces
     torchrun --nproc_per_node=N -m optdepth train ...     the same on N processes (DDP); the
                                                           --batch-size is global
-    optdepth evaluate RUN                                 per-exit accuracy, norms, exit traces
     optdepth demo --out DIR [--model vit] [--quick]       baseline vs L_depth, report.md
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -45,6 +46,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--seed": ("seed", int, "random seed"),
     "--threads": ("threads", int, "torch CPU threads"),
 }
+#: model_kwargs the train command sets -> their flags (image models only)
+MODEL_FLAGS = {"width": "--width", "weights_path": "--weights", "exits": "--exits",
+               "freeze_backbone": "--freeze-backbone"}
 
 
 def _folder(text: str) -> str:
@@ -119,29 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: TrainConfig flags that also set the causal LM's config (LMTrainConfig) under the same name.
-LM_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "beta", "regularizer",
-             "beta_warmup_epochs", "exit_weighting", "seed", "threads")
-
-
 def _cmd_train(args: argparse.Namespace) -> None:
-    from optdepth.training import TrainConfig, train
+    from optdepth.training import LMTrainConfig, TrainConfig, train
 
-    if _wants_lm(args):
-        _cmd_train_lm(args)
-        return
-    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-    changes = {field: getattr(args, field) for field, _, _ in TRAIN_FLAGS.values()
-               if getattr(args, field) is not None}
-    for field in ("skip_bad_images", "amp"):
-        if getattr(args, field) is not None:
-            changes[field] = getattr(args, field)
-    model_kwargs = {key: value for key, value in (
-        ("width", args.width), ("weights_path", args.weights),
-        ("freeze_backbone", args.freeze_backbone), ("exits", _exits(args.exits)))
-        if value is not None}
-    if model_kwargs:
-        changes["model_kwargs"] = {**config.model_kwargs, **model_kwargs}
+    config_type = LMTrainConfig if _wants_lm(args) else TrainConfig
+    config = config_type.from_file(args.config) if args.config else config_type()
+    changes = _flag_changes(args, config_type is LMTrainConfig)
+    if "model_kwargs" in changes:
+        changes["model_kwargs"] = {**config.model_kwargs, **changes["model_kwargs"]}
     if args.resume and (changes or args.config):
         log.warning("--resume continues with the run's stored config.json; other flags ignored")
     result = train(config.replace(**changes), args.out, resume=args.resume,
@@ -149,6 +138,33 @@ def _cmd_train(args: argparse.Namespace) -> None:
     last = result.history[-1]
     log.info("done: %d epochs, calibration accuracy of the last exit %.4f; run in %s",
              last["epoch"], last["cal_accuracy"], result.run_dir)
+
+
+def _flag_changes(args: argparse.Namespace, lm: bool) -> dict[str, Any]:
+    """The config fields the command line sets; ConfigError for image-only flags on an LM."""
+    from optdepth.training import LMTrainConfig
+
+    flags = {**{flag: field for flag, (field, _, _) in TRAIN_FLAGS.items()},
+             "--skip-bad-images": "skip_bad_images", "--amp": "amp", "--text": "text",
+             "--steps-per-epoch": "steps_per_epoch"}
+    given = {flag: field for flag, field in flags.items() if getattr(args, field) is not None}
+    model_kwargs = {key: value for key, value in (
+        ("width", args.width), ("weights_path", args.weights),
+        ("freeze_backbone", args.freeze_backbone), ("exits", _exits(args.exits)))
+        if value is not None}
+    lm_fields = {f.name for f in dataclasses.fields(LMTrainConfig)}
+    if lm:
+        image_only = [flag for flag, field in given.items() if field not in lm_fields]
+        image_only += [MODEL_FLAGS[key] for key in model_kwargs]
+        if image_only:
+            raise ConfigError(f"{', '.join(image_only)} apply to image models; a causal LM trains"
+                              " on --text files (default: the Python standard library)")
+    elif "text" in given.values() or "steps_per_epoch" in given.values():
+        raise ConfigError("--text and --steps-per-epoch apply to the causal LM (--model lm)")
+    changes = {field: getattr(args, field) for field in given.values()}
+    if model_kwargs:
+        changes["model_kwargs"] = model_kwargs
+    return changes
 
 
 def _wants_lm(args: argparse.Namespace) -> bool:
@@ -165,38 +181,8 @@ def _wants_lm(args: argparse.Namespace) -> bool:
     stored = Path(args.out) / "config.json" if args.resume else args.config
     if stored is None or not Path(stored).is_file():
         return False
-    return str(read_settings(stored).get("model", "")).startswith("lm")
-
-
-def _cmd_train_lm(args: argparse.Namespace) -> None:
-    """``optdepth train --model lm ...``: the causal LM on text (LMTrainConfig, train_lm)."""
-    from pathlib import Path
-
-    from optdepth.checkpoints import checkpoint_path
-    from optdepth.training.lm_trainer import LMTrainConfig, train_lm
-
-    image_only = [flag for flag, (field, _, _) in TRAIN_FLAGS.items()
-                  if field not in (*LM_FIELDS, "model") and getattr(args, field) is not None]
-    image_only += [f"--{name.replace('_', '-')}" for name in ("width", "weights", "exits", "amp",
-                                                            "freeze_backbone", "skip_bad_images")
-                   if getattr(args, name) is not None]
-    if image_only:
-        raise ConfigError(f"{', '.join(image_only)} apply to image models; a causal LM trains on"
-                          " --text files (default: the Python standard library)")
-    if args.resume:
-        config = LMTrainConfig.from_file(Path(args.out) / "config.json")
-    else:
-        if checkpoint_path(args.out).is_file():
-            raise ConfigError(f"{args.out} already holds a run; pass --resume to continue it, or"
-                              " choose another --out (earlier runs are never overwritten)")
-        config = LMTrainConfig.from_file(args.config) if args.config else LMTrainConfig()
-        changes = {f: getattr(args, f) for f in (*LM_FIELDS, "model", "steps_per_epoch", "text")
-                   if getattr(args, f) is not None}
-        config = config.replace(**changes)
-    result = train_lm(config, args.out, progress=not args.no_progress)
-    last = result.history[-1]
-    log.info("done: %d epochs, calibration next-token accuracy of the last exit %.4f; run in %s",
-             last["epoch"], last["cal_accuracy"], result.run_dir)
+    settings = read_settings(stored)
+    return "steps_per_epoch" in settings or str(settings.get("model", "")).startswith("lm")
 
 
 def _exits(text: str | None) -> str | int | None:
@@ -208,7 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from optdepth.offline import evaluate_run
 
     summary = evaluate_run(args.run, batch_size=args.batch_size, progress=not args.no_progress,
-                           device=args.device, data_dir=args.data_dir)
+                           device=args.device, data_dir=args.data_dir).summary
     accs = ", ".join(f"{100 * a:.2f}" for a in summary["exit_accuracy"])
     log.info("test accuracy per exit (%%): %s", accs)
     log.info("decay fit: K = %.3f, rho = %.3f", summary["decay_fit"]["K"],
@@ -216,7 +202,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_lm_demo(args: argparse.Namespace) -> None:
-    from optdepth.demo_lm import DEFAULT_BETA, run_lm_demo
+    from optdepth.experiments.lm_demo import DEFAULT_BETA, run_lm_demo
 
     schedule = "quick" if args.quick else "full" if args.full else "demo"
     metrics = run_lm_demo(args.out, schedule=schedule,
@@ -230,7 +216,7 @@ def _cmd_lm_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from optdepth.demo import run_demo
+    from optdepth.experiments.image_demo import run_demo
 
     if args.model.startswith("lm"):  # the causal LM demo (lm, lm_small, lm_tiny)
         _cmd_lm_demo(args)

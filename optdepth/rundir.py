@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from optdepth.errors import RunBusyError, RunDirError
@@ -32,8 +33,58 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".optdepth.lock"
 MARKER = ".optdepth"
 KINDS = ("run", "demo", "lm-demo")
-#: What marks a run folder written before markers existed.
-_LEGACY_RUN = Path("checkpoints") / "last.pt"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a run directory keeps each of its files: the one place their names are spelled.
+
+    ::
+
+        config.json                       the resolved config (TrainConfig or LMTrainConfig)
+        metrics.jsonl                     one JSON record per finished epoch
+        tb/                               TensorBoard events
+        checkpoints/last.pt               the latest checkpoint (optdepth.checkpoints)
+        evaluation/summary.json           per-exit metrics of the test split
+        evaluation/traces_{split}.npz     exit traces of a split (optdepth.traces)
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def summary(self) -> Path:
+        return self.evaluation / "summary.json"
+
+    def traces(self, split: str) -> Path:
+        """The exit traces of ``split`` ("calibration" or "test")."""
+        return self.evaluation / f"traces_{split}.npz"
+
+    def is_trained(self) -> bool:
+        """Whether the run has finished an epoch (it has a checkpoint)."""
+        return self.checkpoint.is_file()
 
 # Locks this process holds: folder -> [file descriptor, depth]. A demo holds its folder's lock
 # and then trains and evaluates runs inside it, and evaluate may run inside a held train lock,
@@ -158,7 +209,7 @@ def claim_folder(folder: str | Path, kind: str) -> None:
                 raise RunDirError(f"{folder} is an optdepth {found} folder, not a {kind} folder;"
                                   " choose another output folder")
             return
-        if kind == "run" and (folder / _LEGACY_RUN).is_file():
+        if kind == "run" and RunLayout(folder).is_trained():  # written before markers existed
             return
         entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) \
             if folder.is_dir() else []

@@ -73,7 +73,7 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
 
 def test_rerun_resumes_without_retraining(demo_dir):
     from optdepth.data import load_fashion_mnist
-    from optdepth.demo import SCHEDULES, demo_configs
+    from optdepth.experiments.image_demo import SCHEDULES, demo_configs
     from optdepth.training import train_or_resume
 
     run = demo_dir / "runs" / "ldepth"
@@ -98,7 +98,7 @@ def test_other_settings_in_the_same_folder_are_refused(demo_dir):
 def test_full_schedule_config_files_are_the_demo_full_schedule(name):
     """configs/full_*.toml train exactly the nets `optdepth demo --full --threads 1` trains, so
     runs trained side by side from them are picked up by the demo instead of refused."""
-    from optdepth.demo import SCHEDULES, demo_configs
+    from optdepth.experiments.image_demo import SCHEDULES, demo_configs
     from optdepth.training import TrainConfig
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"full_{name}.toml"
@@ -107,7 +107,7 @@ def test_full_schedule_config_files_are_the_demo_full_schedule(name):
 
 
 def test_model_kwargs_reach_both_nets():
-    from optdepth.demo import SCHEDULES, demo_configs
+    from optdepth.experiments.image_demo import SCHEDULES, demo_configs
 
     plain = demo_configs(SCHEDULES["full"], None, None, 1)
     full_res = demo_configs(SCHEDULES["full"], None, None, 1, "resnet20", {"stem_stride": 1})
@@ -117,8 +117,8 @@ def test_model_kwargs_reach_both_nets():
 
 def test_other_architecture_in_the_same_folder_is_refused(demo_dir):
     """run_demo with architecture overrides does not reuse (or touch) runs of another shape."""
-    from optdepth.demo import run_demo
     from optdepth.errors import ConfigError
+    from optdepth.experiments.image_demo import run_demo
 
     checkpoint = demo_dir / "runs" / "baseline" / "checkpoints" / "last.pt"
     before = checkpoint.read_bytes()

@@ -84,7 +84,7 @@ def test_traces_module_does_not_need_torch():
 def test_evaluate_run_writes_summary_and_traces(tmp_path, tiny):
     config = TrainConfig(epochs=1, batch_size=64, lr=0.05, eval_batch_size=256)
     train(config, tmp_path / "run", data=tiny, progress=False)
-    summary = evaluate_run(tmp_path / "run", data=tiny, progress=False)
+    summary = evaluate_run(tmp_path / "run", data=tiny, progress=False).summary
     out = tmp_path / "run" / "evaluation"
     assert json.loads((out / "summary.json").read_text()) == summary
     test = load_traces(out / "traces_test.npz")

@@ -185,7 +185,7 @@ def test_training_evaluation_traces_and_policies_on_an_imagefolder(tmp_path, fol
     assert [r["epoch"] for r in records] == [1, 2] and len(records[0]["cal_exit_accuracy"]) == 4
     assert records[0]["train_reg"] > 0 and np.isfinite(records[-1]["train_loss"])
     assert result.history == records or [r["epoch"] for r in result.history] == [1, 2]
-    summary = evaluate_run(run, batch_size=16, progress=False)
+    summary = evaluate_run(run, batch_size=16, progress=False).summary
     assert len(summary["exit_accuracy"]) == 4 and summary["exit_compute"][-1] == 1.0
     test = load_traces(run / "evaluation" / "traces_test.npz")
     cal = load_traces(run / "evaluation" / "traces_calibration.npz")

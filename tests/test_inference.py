@@ -17,7 +17,7 @@ from optdepth.online import (
     engine_time_breakdown,
     exit_time_shares,
     full_depth_predict,
-    measure_wall_speedup,
+    measure_wall_speedups,
     offline_exits,
 )
 from optdepth.online.timing import ENGINE_PARTS
@@ -213,7 +213,8 @@ def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
     np.testing.assert_array_equal(final, test.probs[:64, -1].argmax(-1))
     np.testing.assert_array_equal(full_depth_predict(model, split, 16, all_exits=True), final)
     policy = next(p for n, _, p in policies if n == "lsm")
-    report = measure_wall_speedup(model, policy, split, batch_size=16, repeats=1)
+    report = measure_wall_speedups(model, {"lsm": policy}, split, batch_size=16,
+                                   repeats=1)["lsm"]
     assert report["baseline"] == "final_head" and report["threads"] == torch.get_num_threads()
     assert report["wall_speedup"] > 0 and report["wall_speedup_all_exits"] > 0
     assert report["compute_speedup"] == pytest.approx(1 / report["mean_compute"])
@@ -222,7 +223,7 @@ def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
     exits = early_exit_predict(model, policy, split, 16).exit_index
     assert report["ideal_wall_speedup"] == pytest.approx(1 / shares[exits].mean())
     with pytest.raises(ValueError, match="repeats must be a positive integer"):
-        measure_wall_speedup(model, policy, split, repeats=0)
+        measure_wall_speedups(model, {"lsm": policy}, split, repeats=0)
     with pytest.raises(ValueError, match="empty"):
         full_depth_predict(model, split.subset(0))
 

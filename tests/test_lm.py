@@ -282,11 +282,11 @@ def test_bad_token_tensors_raise_data_errors():
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
-    from optdepth.checkpoints import save_checkpoint
-    from optdepth.training.lm_trainer import load_lm
+    from optdepth.checkpoints import load_model, save_checkpoint
+    from optdepth.models.causal_lm import CausalLM
 
     resnet = create_model("resnet20")
     save_checkpoint(tmp_path / "resnet.pt", {"arch": {"name": "resnet20", "kwargs": {}},
                                              "state_dict": resnet.state_dict()})
-    with pytest.raises(CheckpointError, match="not a causal language model"):
-        load_lm(tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match="not a CausalLM"):
+        load_model(tmp_path / "resnet.pt", model_type=CausalLM)

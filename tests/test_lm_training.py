@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from optdepth.checkpoints import load_model
 from optdepth.data.text import (
     TextSplit,
     eval_windows,
@@ -16,10 +17,11 @@ from optdepth.data.text import (
     stdlib_files,
 )
 from optdepth.errors import ConfigError, DataError
+from optdepth.models.causal_lm import CausalLM
 from optdepth.offline import evaluate_policies
-from optdepth.offline.lm import collect_lm_traces, exit_perplexity
+from optdepth.offline.collect import collect_lm_traces, exit_perplexity
 from optdepth.traces import exit_features, load_traces
-from optdepth.training.lm_trainer import LMTrainConfig, load_lm, train_lm
+from optdepth.training import LMTrainConfig, train_or_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +98,7 @@ def tiny_config(**changes) -> LMTrainConfig:
 def trained(text_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("lm") / "run"
     corpus = load_text_corpus([text_dir])
-    result = train_lm(tiny_config(beta=0.5), run, corpus=corpus, progress=False)
+    result = train_or_resume(tiny_config(beta=0.5), run, data=corpus, progress=False)
     return run, corpus, result
 
 
@@ -108,9 +110,9 @@ def test_training_writes_a_resumable_run_directory(trained):
     assert len(records[-1]["cal_perplexity"]) == 3 and records[-1]["train_reg"] > 0
     assert (run / "checkpoints" / "last.pt").is_file() and any((run / "tb").iterdir())
     before = (run / "metrics.jsonl").read_text()
-    again = train_lm(tiny_config(beta=0.5), run, corpus=corpus, progress=False)
+    again = train_or_resume(tiny_config(beta=0.5), run, data=corpus, progress=False)
     assert (run / "metrics.jsonl").read_text() == before and len(again.history) == 2
-    loaded = load_lm(run)
+    loaded = load_model(run, model_type=CausalLM)
     ids = torch.randint(0, 256, (2, 8))
     torch.testing.assert_close(loaded(ids).logits, result.model(ids).logits)
 
@@ -119,18 +121,40 @@ def test_other_settings_in_the_same_folder_are_refused(trained):
     run, corpus, _ = trained
     checkpoint = (run / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(ConfigError, match="other settings"):
-        train_lm(tiny_config(beta=0.1), run, corpus=corpus, progress=False)
+        train_or_resume(tiny_config(beta=0.1), run, data=corpus, progress=False)
     assert (run / "checkpoints" / "last.pt").read_bytes() == checkpoint
 
 
-def test_bad_config_values_raise():
+def test_bad_config_values_raise(tmp_path):
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         LMTrainConfig(steps_per_epoch=0)
     with pytest.raises(ConfigError, match="unknown regularizer"):
         LMTrainConfig(regularizer="nope")
     with pytest.raises(ConfigError, match="not a causal language model"):
-        from optdepth.training.lm_trainer import build_lm
-        build_lm(LMTrainConfig(model="resnet20"))
+        train_or_resume(LMTrainConfig(model="resnet20"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_run_traces_an_lm_run_like_an_image_run(trained):
+    """The one evaluation entry point serves LM runs: per-token traces of both splits, the LM
+    summary, the files of the run layout, and a clear error for image data."""
+    from helpers import tiny_data
+
+    from optdepth.offline import evaluate_run
+    from optdepth.rundir import RunLayout
+
+    run, corpus, result = trained
+    evaluation = evaluate_run(run, data=corpus, max_tokens=256, progress=False)
+    assert set(evaluation.traces) == {"calibration", "test"}
+    test = evaluation.traces["test"]
+    assert test.probs.shape == (256, 3, 256) and test.metadata["unit"] == "token"
+    direct = collect_lm_traces(result.model, corpus.test, "test", max_tokens=256)
+    np.testing.assert_array_equal(test.probs, direct.probs)
+    summary = json.loads(RunLayout(run).summary.read_text())
+    assert summary["perplexity"] == evaluation.summary["perplexity"] and summary["arch"] == "lm_tiny"
+    np.testing.assert_array_equal(load_traces(RunLayout(run).traces("test")).probs, test.probs)
+    with pytest.raises(ValueError, match="TextCorpus"):
+        evaluate_run(run, data=tiny_data(8, 8, 8), progress=False)
 
 
 def test_token_traces_feed_the_exit_policies_unchanged(trained, tmp_path):
@@ -160,7 +184,7 @@ def test_token_traces_feed_the_exit_policies_unchanged(trained, tmp_path):
 # ----------------------------------------------------------------------------- the demo
 @pytest.mark.slow
 def test_lm_demo_quick_writes_the_image_demo_schema(text_dir, tmp_path):
-    from optdepth.demo_lm import run_lm_demo
+    from optdepth.experiments.lm_demo import run_lm_demo
 
     out = tmp_path / "demo"
     metrics = run_lm_demo(out, schedule="quick", text=[str(text_dir)], model="lm_tiny",

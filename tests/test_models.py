@@ -6,14 +6,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import optdepth
 from optdepth.errors import ConfigError, DataError
-from optdepth.models import ExitOutputs
+from optdepth.models import ExitOutputs, list_models
 from optdepth.models.base import per_sample_norm
 from optdepth.models.resnet_cifar import exit_positions
 
 # Defaults too slow for a contract check on CPU: the ImageNet ResNets run at 32x32 here.
-FAST = {name: {"image_size": 32} for name in optdepth.list_models() if name.startswith("imagenet_")}
+FAST = {name: {"image_size": 32} for name in list_models() if name.startswith("imagenet_")}
 # (name, overrides): every registered model, plus the exit placements.
-CASES = [(name, FAST.get(name, {})) for name in optdepth.list_models()] + [
+CASES = [(name, FAST.get(name, {})) for name in list_models()] + [
     ("imagenet_resnet50", {"exits": "stages", "num_classes": 7, "image_size": 64}),
     ("resnet20", {"exits": "stages"}),
     ("resnet20", {"exits": 2}),
@@ -124,7 +124,7 @@ def test_bad_exit_placement(bad):
 
 
 def test_registry_errors():
-    assert {"resnet20", "resnet32", "resnet56", "resnet110"} <= set(optdepth.list_models())
+    assert {"resnet20", "resnet32", "resnet56", "resnet110"} <= set(list_models())
     with pytest.raises(ConfigError, match="unknown model 'resnet21'.*resnet20"):
         optdepth.create_model("resnet21")
     with pytest.raises(ConfigError, match="bad arguments"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import optdepth
 from optdepth.errors import ConfigError, DataError
-from optdepth.losses.depth import KineticPenalty
+from optdepth.losses.depth import KineticPenalty, list_regularizers
 from optdepth.models import ExitOutputs
 from optdepth.models.neural_ode import NeuralODEClassifier, depth_grid
 from optdepth.offline import fit_exit_policy, list_exit_policies
@@ -159,7 +159,7 @@ def test_kinetic_is_registered_and_trains():
         loss.backward()
         opt.step()
     assert reg(model(x)).item() < first
-    assert {"relative", "decay_hinge", "kinetic"} <= set(optdepth.list_regularizers())
+    assert {"relative", "decay_hinge", "kinetic"} <= set(list_regularizers())
 
 
 # --------------------------------------------------------------------------- real early exit

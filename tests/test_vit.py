@@ -174,7 +174,7 @@ def test_adamw_training_learns_the_synthetic_task(tmp_path):
 @pytest.mark.slow  # ~40 s on two quiet cores (fits policies on a 5,000-image calibration split)
 def test_demo_runs_for_the_vit_on_a_data_folder(tmp_path, fashion_folder):
     """run_demo(model=...) on synthetic IDX files: the ResNet demo's metrics schema, ViT settings."""
-    from optdepth.demo import DEMO_MODELS, run_demo
+    from optdepth.experiments.image_demo import DEMO_MODELS, run_demo
 
     metrics = run_demo(tmp_path / "out", model="vit_tiny", schedule="quick", epochs=1,
                        data_dir=str(fashion_folder), threads=1, progress=False)

@@ -1,14 +1,16 @@
 """The offline layer: what is computed over whole splits, with every exit of the network run.
 
-Forward passes over a split (:func:`forward_split`), exit traces (:func:`collect_traces`) and a
-run's evaluation (:func:`evaluate_run`); exit policies fitted on calibration traces
-(:func:`fit_exit_policy`, registry :data:`EXIT_POLICIES`) and evaluated on test traces
-(:func:`evaluate_policies`: curves, iso-accuracy points, the oracle bound, the comparison of two
-nets at one accuracy); the finite-depth certificate of a trained network. The online layer
-(:mod:`optdepth.online`) then runs a fitted policy for real.
+Forward passes over a split (:func:`forward_split`), exit traces of images and of tokens
+(:func:`collect_traces`, :func:`collect_lm_traces`) and a run's evaluation
+(:func:`evaluate_run`); exit policies fitted on calibration traces (:func:`fit_exit_policy`,
+registry :data:`EXIT_POLICIES`) and evaluated on test traces (:func:`evaluate_policies`: curves,
+iso-accuracy points, the oracle bound, the comparison of two nets at one accuracy); the
+finite-depth certificate of a trained network. The online layer (:mod:`optdepth.online`) then
+runs a fitted policy for real.
 """
 
-from optdepth.offline.evaluate import collect_traces, evaluate_run, summarize
+from optdepth.offline.collect import collect_lm_traces, collect_traces, summarize, summarize_lm
+from optdepth.offline.evaluate import RunEvaluation, evaluate_run
 from optdepth.offline.exit_policies import (
     EXIT_POLICIES,
     ExitPolicy,
@@ -30,7 +32,8 @@ from optdepth.offline.policy_evaluation import (
 
 __all__ = [
     "EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "ExitPolicy", "PolicyEvaluation",
-    "SplitOutputs", "TraceSource", "collect_traces", "evaluate_policies", "evaluate_run",
-    "fit_exit_policy", "forward_split", "gap_summary", "iso_accuracy_index",
-    "list_exit_policies", "matched_accuracy_comparison", "oracle_exits", "summarize",
+    "RunEvaluation", "SplitOutputs", "TraceSource", "collect_lm_traces", "collect_traces",
+    "evaluate_policies", "evaluate_run", "fit_exit_policy", "forward_split", "gap_summary",
+    "iso_accuracy_index", "list_exit_policies", "matched_accuracy_comparison", "oracle_exits",
+    "summarize", "summarize_lm",
 ]

@@ -1,9 +1,11 @@
 """Evaluate a trained run: per-exit accuracy, residual-norm decay and exit traces.
 
-``evaluate_run(RUN)`` writes ``RUN/evaluation/``::
+``evaluate_run(RUN)`` evaluates an image run on its dataset or a causal-LM run on its text and
+writes ``RUN/evaluation/`` (names in :class:`optdepth.rundir.RunLayout`)::
 
-    summary.json                per-exit test accuracy, exit compute, relative residual norm per
-                                block, the fitted decay ||F_t||/||S_t|| ≈ K·ρ^t
+    summary.json                per-exit test accuracy (next-token accuracy and perplexity for an
+                                LM), exit compute, relative residual norm per block, the fitted
+                                decay ||F_t||/||S_t|| ≈ K·ρ^t
     traces_calibration.npz      exit traces of the calibration split (format: optdepth.traces)
     traces_test.npz             exit traces of the test split
 """
@@ -11,67 +13,38 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from optdepth.checkpoints import checkpoint_path, load_model_and_checkpoint
-from optdepth.data.source import BatchSource, SplitDataset, load_run_dataset
+from optdepth.checkpoints import load_model_and_checkpoint
+from optdepth.data.source import SplitDataset, load_run_dataset
+from optdepth.data.text import TextCorpus, load_text_corpus
 from optdepth.errors import CheckpointError, ConfigError
 from optdepth.io import write_json
 from optdepth.models.base import MultiExitModel
-from optdepth.offline.forward import forward_split
-from optdepth.rundir import write_lock
-from optdepth.stopping import fit_diminishing_returns
-from optdepth.traces import Traces, exit_features
+from optdepth.offline.collect import collect_lm_traces, collect_traces, summarize, summarize_lm
+from optdepth.rundir import RunLayout, write_lock
+from optdepth.traces import Traces
 
 log = logging.getLogger(__name__)
+SPLITS = ("calibration", "test")
 
 
-def collect_traces(model: MultiExitModel, split: BatchSource, split_name: str = "test",
-                   batch_size: int = 1000, progress: bool = False) -> Traces:
-    """Run every exit on ``split`` and return its :class:`~optdepth.traces.Traces`.
+@dataclass(frozen=True)
+class RunEvaluation:
+    """What :func:`evaluate_run` computed: the run's model (eval mode, on the evaluation
+    device), the exit traces of the calibration and test splits, and the test summary (as
+    written to ``evaluation/summary.json``)."""
 
-    Raises:
-        ValueError: ``split`` is not a batch source (e.g. a bare tensor: wrap it as
-            ``optdepth.data.Split(images, labels)``), is empty, or ``batch_size`` < 1.
-    """
-    if not hasattr(split, "batches") or not hasattr(split, "__len__"):
-        raise ValueError(f"split must be a batch source such as optdepth.data.Split(images,"
-                         f" labels), got {type(split).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if len(split) == 0:
-        raise ValueError(f"the {split_name} split is empty: nothing to trace")
-    out = forward_split(model, split, batch_size, progress, desc=f"traces ({split_name})")
-    costs = model.exit_costs().numpy()
-    blocks = np.asarray(model.exit_blocks, dtype=np.int64)
-    relative = out.residual_norms / np.maximum(out.state_norms, 1e-12)
-    features = exit_features(out.probs, relative, blocks, costs)
-    meta = {"arch": getattr(model, "arch_name", type(model).__name__),
-            "arch_kwargs": getattr(model, "arch_kwargs", {}), "split": split_name}
-    return Traces(probs=out.probs, labels=out.labels, features=features, exit_costs=costs,
-                  residual_norms=out.residual_norms, state_norms=out.state_norms,
-                  exit_blocks=blocks, metadata=meta)
+    model: MultiExitModel
+    traces: dict[str, Traces]
+    summary: dict[str, Any]
 
 
-def summarize(traces: Traces) -> dict[str, Any]:
-    """Per-exit accuracy, compute and residual-norm decay (with the K, ρ fit) of test traces."""
-    relative = (traces.residual_norms / np.maximum(traces.state_norms, 1e-12)).mean(axis=0)
-    fit = fit_diminishing_returns(relative)
-    return {
-        "exit_accuracy": [float(a) for a in traces.exit_accuracy()],
-        "exit_compute": [float(c) for c in traces.exit_costs],
-        "exit_blocks": [int(b) for b in traces.exit_blocks],
-        "relative_residual_norm": [float(r) for r in relative],
-        "decay_fit": {"K": float(fit.K), "rho": float(fit.rho), "r2": float(fit.r_squared)},
-    }
-
-
-def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_size: int = 1000,
-                 progress: bool = True, device: str | None = None,
-                 data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, data: SplitDataset | TextCorpus | None = None,
+                 batch_size: int = 1000, progress: bool = True, device: str | None = None,
+                 data_dir: str | None = None, max_tokens: int | None = None) -> RunEvaluation:
     """Evaluate ``run_dir``'s last checkpoint on the test split; write ``run_dir/evaluation``.
 
     The checkpoint must hold the architecture the run's config.json names; the folder is
@@ -79,45 +52,78 @@ def evaluate_run(run_dir: str | Path, data: SplitDataset | None = None, batch_si
 
     Args:
         run_dir: a run directory written by :func:`optdepth.training.train`.
-        data: the dataset (else loaded as the run's stored config says: dataset, data_dir,
-            image size, calibration size, workers, skip_bad_images).
-        batch_size: samples per forward pass.
+        data: the dataset (image runs) or text corpus (LM runs); else loaded as the run's
+            stored config says.
+        batch_size: images per forward pass (image runs).
         progress: show progress bars.
         device: where to run the model (default: cuda if available, else cpu).
-        data_dir: the data's folder, if it moved since training (replaces the config's).
-
-    Returns:
-        The summary dict also written to ``evaluation/summary.json``.
+        data_dir: the data's folder, if it moved since training (image runs; replaces the
+            config's).
+        max_tokens: tokens traced per split (LM runs; None: the config's ``eval_tokens``).
 
     Raises:
-        ConfigError: bad batch size, or a folder that is not an image-classification run.
+        ConfigError: bad batch size, data of the wrong kind, or a folder that is not a run.
         CheckpointError: missing, malformed or mismatched checkpoint.
+        DataError: the data cannot be read, or its classes are not the run's.
         RunBusyError: another process is writing the run.
     """
-    from optdepth.training.config import TrainConfig  # training imports the offline layer
+    from optdepth.training.config import LMTrainConfig, load_run_config  # training imports us
     from optdepth.training.distributed import choose_device
 
-    run_dir = Path(run_dir)
-    if data is not None and not all(hasattr(data, a) for a in ("calibration", "test", "classes")):
-        raise ValueError(f"data must be a dataset with calibration and test splits and classes"
-                         f" (optdepth.load_fashion_mnist()), got {type(data).__name__}")
+    layout = RunLayout(run_dir)
+    _check_data(data, None)
     if isinstance(data_dir, Path):
         data_dir = str(data_dir)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if not checkpoint_path(run_dir).is_file():
-        raise CheckpointError(f"{run_dir} holds no trained run (no {checkpoint_path(run_dir)});"
+    if not layout.is_trained():
+        raise CheckpointError(f"{layout.root} holds no trained run (no {layout.checkpoint});"
                               " train one with `optdepth train --out RUN` first")
-    with write_lock(run_dir, "run"):
-        config = TrainConfig.from_file(run_dir / "config.json")
-        if data_dir is not None:
-            config = config.replace(data_dir=data_dir)
-        model, ckpt = load_model_and_checkpoint(run_dir)
-        if data is None:
-            data = load_run_dataset(config.to_dict())
-        _check_classes(ckpt, model, data, checkpoint_path(run_dir))
+    with write_lock(layout.root, "run"):
+        config = load_run_config(layout.config)
+        _check_data(data, isinstance(config, LMTrainConfig))
+        model, ckpt = load_model_and_checkpoint(layout.root)
         model.to(choose_device(device))
-        return _write_evaluation(model, data, run_dir, batch_size, progress)
+        if isinstance(config, LMTrainConfig):
+            traces, summary = _trace_lm(model, config, data, data_dir, max_tokens)
+        else:
+            config = config if data_dir is None else config.replace(data_dir=data_dir)
+            data = data if data is not None else load_run_dataset(config.to_dict())
+            _check_classes(ckpt, model, data, layout.checkpoint)
+            traces = {name: collect_traces(model, getattr(data, name), name, batch_size, progress)
+                      for name in SPLITS}
+            summary = summarize(traces["test"])
+        return _write_evaluation(layout, model, traces, summary)
+
+
+def _trace_lm(model: MultiExitModel, config: Any, corpus: TextCorpus | None, data_dir: str | None,
+              max_tokens: int | None) -> tuple[dict[str, Traces], dict[str, Any]]:
+    """Per-token traces of both splits of an LM run's text, and the test summary."""
+    if data_dir is not None:
+        raise ConfigError("--data-dir applies to image runs; an LM run reads the text its config"
+                          " names")
+    corpus = corpus if corpus is not None else load_text_corpus(config.text)
+    tokens = config.eval_tokens if max_tokens is None else max_tokens
+    traces = {name: collect_lm_traces(model, getattr(corpus, name), name, tokens)
+              for name in SPLITS}
+    return traces, summarize_lm(traces["test"], model)
+
+
+def _check_data(data: Any, lm_run: bool | None) -> None:
+    """API misuse is a ValueError before anything is read: ``data`` must be a dataset or a text
+    corpus, and (once the run is known, ``lm_run`` not None) the kind the run trained on."""
+    if data is None:
+        return
+    is_corpus = isinstance(data, TextCorpus)
+    is_dataset = not is_corpus and all(hasattr(data, a) for a in ("calibration", "test", "classes"))
+    if lm_run is None and (is_corpus or is_dataset):
+        return
+    if lm_run and not is_corpus:
+        raise ValueError(f"data must be a TextCorpus (optdepth.data.text.load_text_corpus())"
+                         f" for an LM run, got {type(data).__name__}")
+    if not lm_run and not is_dataset:
+        raise ValueError(f"data must be a dataset with calibration and test splits and classes"
+                         f" (optdepth.data.load_fashion_mnist()), got {type(data).__name__}")
 
 
 def _check_classes(ckpt: dict[str, Any], model: MultiExitModel, data: SplitDataset,
@@ -135,16 +141,14 @@ def _check_classes(ckpt: dict[str, Any], model: MultiExitModel, data: SplitDatas
                               " data's layout")
 
 
-def _write_evaluation(model: MultiExitModel, data: SplitDataset, run_dir: Path, batch_size: int,
-                      progress: bool) -> dict[str, Any]:
-    out = run_dir / "evaluation"
-    traces = {name: collect_traces(model, getattr(data, name), name, batch_size, progress)
-              for name in ("calibration", "test")}
+def _write_evaluation(layout: RunLayout, model: MultiExitModel, traces: dict[str, Traces],
+                      summary: dict[str, Any]) -> RunEvaluation:
     for name, tr in traces.items():
-        tr.save(out / f"traces_{name}.npz")
-    summary = {"arch": model.arch_name, **summarize(traces["test"]),
+        tr.save(layout.traces(name))
+    summary = {"arch": model.arch_name, **summary,
                "calibration_exit_accuracy": [float(a) for a in
                                              traces["calibration"].exit_accuracy()]}
-    write_json(out / "summary.json", summary)
-    log.info("evaluated %s: final-exit test accuracy %.4f", run_dir, summary["exit_accuracy"][-1])
-    return summary
+    write_json(layout.summary, summary)
+    log.info("evaluated %s: final-exit test accuracy %.4f", layout.root,
+             summary["exit_accuracy"][-1])
+    return RunEvaluation(model, traces, summary)

@@ -227,13 +227,5 @@ def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
             "accuracy_early_exit": early.accuracy, **common}
 
 
-def measure_wall_speedup(model: MultiExitModel, policy: StoppingPolicy, data: Split | Tensor,
-                         batch_size: int = 256, repeats: int = 5, *,
-                         refill: bool = True) -> dict[str, Any]:
-    """:func:`measure_wall_speedups` for one policy; returns its record."""
-    return measure_wall_speedups(model, {"policy": policy}, data, batch_size, repeats,
-                                 refill=refill)["policy"]
-
-
 __all__ = ["ENGINE_PARTS", "baseline_kind", "engine_time_breakdown", "exit_time_shares",
-           "full_depth_predict", "measure_wall_speedup", "measure_wall_speedups"]
+           "full_depth_predict", "measure_wall_speedups"]

@@ -131,7 +131,7 @@ def _kwargs_text(model_kwargs: Mapping[str, Any]) -> str:
 
 
 def write_report(metrics: Mapping[str, Any], configs: Mapping[str, Any], path: Path) -> None:
-    """Write report.md for the demo metrics (see optdepth.demo) atomically."""
+    """Write report.md for the demo metrics (see optdepth.experiments.image_demo) atomically."""
     nets, sched, env = metrics["nets"], metrics["schedule"], metrics["environment"]
     subset = "all 55,000" if sched["train_subset"] is None else f"the first {sched['train_subset']:,}"
     lines = [

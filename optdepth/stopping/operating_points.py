@@ -133,7 +133,7 @@ def frontier(
     cost: Any,
     features: Any,
     *,
-    policy: str | PolicyFactory = "lsm",
+    policy: str | PolicyFactory = "least_squares",
     lambdas: Any = None,
     calibration: tuple[Any, Any, Any] | None = None,
     policy_kwargs: dict[str, Any] | None = None,

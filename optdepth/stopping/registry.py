@@ -1,4 +1,10 @@
-"""Registry of stopping policies: a plain dict plus a small factory."""
+"""Registry of the stopping engine's policies (on reward paths; numpy only).
+
+Their names are the methods' own (``least_squares`` for Longstaff–Schwartz regression,
+``one_step_lookahead``), distinct from the network exit policies of
+:data:`optdepth.offline.EXIT_POLICIES` (``lsm``, ``osla``, ...), which fit these on exit traces
+with the features and costs of a trained network.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,8 @@ __all__ = ["POLICIES", "create_policy", "list_policies"]
 
 #: Policy name -> class. Add an entry to register a new policy.
 POLICIES: Registry[type[StoppingPolicy]] = Registry("policy", {
-    "lsm": LeastSquaresPolicy,
-    "osla": OneStepLookaheadPolicy,
+    "least_squares": LeastSquaresPolicy,
+    "one_step_lookahead": OneStepLookaheadPolicy,
     "threshold": ThresholdPolicy,
     "patience": PatiencePolicy,
 }, hint="or add your class to optdepth.stopping.POLICIES")

@@ -156,7 +156,7 @@ class LeastSquaresPolicy(_RegressionPolicy):
         ridge: Ridge penalty on the standardised coefficients (intercept not penalised).
     """
 
-    name = "lsm"
+    name = "least_squares"
 
     def __init__(
         self,
@@ -289,7 +289,7 @@ class OneStepLookaheadPolicy(_RegressionPolicy):
     diminishing returns give. Takes the same basis options as :class:`LeastSquaresPolicy`.
     """
 
-    name = "osla"
+    name = "one_step_lookahead"
 
     def _fit(self, rewards: np.ndarray, features: np.ndarray) -> None:
         n_steps = rewards.shape[1]

@@ -1,7 +1,8 @@
-"""Training: config and loop. Kept apart from the library modules it uses."""
+"""Training: configs (one per task), task adapters and the one training loop."""
 
-from optdepth.checkpoints import load_model
-from optdepth.training.config import TrainConfig
-from optdepth.training.trainer import TrainResult, build_model, train, train_or_resume
+from optdepth.training.config import LMTrainConfig, RunConfig, TrainConfig
+from optdepth.training.tasks import build_model
+from optdepth.training.trainer import TrainResult, train, train_or_resume
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "load_model", "train", "train_or_resume"]
+__all__ = ["LMTrainConfig", "RunConfig", "TrainConfig", "TrainResult", "build_model", "train",
+           "train_or_resume"]

@@ -21,7 +21,7 @@ sys.modules["optdepth"] = parent
 stopping = importlib.import_module("optdepth.stopping")
 import numpy as np
 rewards = np.random.default_rng(0).normal(size=(50, 4))
-policy = stopping.create_policy("lsm").fit(rewards, rewards[:, :, None])
+policy = stopping.create_policy("least_squares").fit(rewards, rewards[:, :, None])
 print(policy.stop_times(rewards[:, :, None]).shape, "torch" in sys.modules and sys.modules["torch"])
 """
 

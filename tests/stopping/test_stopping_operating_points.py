@@ -40,7 +40,7 @@ def test_operating_point_meets_the_target_on_calibration_data():
     utility, features = _exits(3000, seed=1)
     calibration = _exits(3000, seed=2)
     result = frontier(
-        utility, COST, features, policy="lsm", calibration=(*calibration[:1], COST, calibration[1])
+        utility, COST, features, policy="least_squares", calibration=(*calibration[:1], COST, calibration[1])
     )
     assert not result.in_sample and result.lambdas[0] == 0.0 and result.lambdas.size == 41
     # Out of sample even lambda = 0 may lose a little utility (in-sample optimism): ask for 1 pt.

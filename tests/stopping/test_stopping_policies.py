@@ -44,13 +44,14 @@ def _first_stop_by_stop_at(policy: StoppingPolicy, features: np.ndarray) -> np.n
 
 
 def test_registry_lists_all_policies():
-    assert list_policies() == ["lsm", "osla", "patience", "threshold"]
-    assert POLICIES["lsm"] is LeastSquaresPolicy and POLICIES["osla"] is OneStepLookaheadPolicy
+    assert list_policies() == ["least_squares", "one_step_lookahead", "patience", "threshold"]
+    assert POLICIES["least_squares"] is LeastSquaresPolicy
+    assert POLICIES["one_step_lookahead"] is OneStepLookaheadPolicy
     assert isinstance(create_policy("threshold", feature=1), ThresholdPolicy)
     assert create_policy("patience", patience=2).patience == 2
 
 
-@pytest.mark.parametrize("name", ["lsm", "osla", "threshold", "patience"])
+@pytest.mark.parametrize("name", ["least_squares", "one_step_lookahead", "threshold", "patience"])
 def test_contract_every_policy(name):
     rewards, features = _problem()
     kwargs = {"feature": 1} if name == "patience" else {}

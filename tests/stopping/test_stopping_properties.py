@@ -35,7 +35,7 @@ def float_problems(draw):
 POLICY_OPTIONS = st.one_of(
     st.builds(
         lambda basis, degree, history, ridge: (
-            "lsm",
+            "least_squares",
             {"basis": basis, "degree": degree, "history": history, "ridge": ridge},
         ),
         st.sampled_from(["polynomial", "laguerre", "hermite"]),
@@ -43,7 +43,7 @@ POLICY_OPTIONS = st.one_of(
         st.integers(0, 2),
         st.sampled_from([0.0, 1e-6, 1.0]),
     ),
-    st.builds(lambda degree: ("osla", {"degree": degree}), st.integers(0, 2)),
+    st.builds(lambda degree: ("one_step_lookahead", {"degree": degree}), st.integers(0, 2)),
     st.just(("threshold", {})),
     st.just(("patience", {})),
 )

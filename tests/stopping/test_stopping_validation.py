@@ -24,7 +24,7 @@ REWARDS = RNG.standard_normal((20, 5))
 FEATURES = RNG.standard_normal((20, 5, 3))
 
 
-@pytest.mark.parametrize("name", ["lsm", "osla", "threshold", "patience"])
+@pytest.mark.parametrize("name", ["least_squares", "one_step_lookahead", "threshold", "patience"])
 @pytest.mark.parametrize(
     ("rewards", "features", "match"),
     [

@@ -4,8 +4,8 @@
 with one short schedule, evaluates them, fits every exit policy on the calibration split,
 measures it on the test split (accuracy, mean compute, and the wall-clock speed-up of real
 early exit), and writes ``out/report.md``, ``out/metrics.json`` and PNG plots; each net's run
-directory lives in ``out/runs/{baseline,ldepth}``. Re-running on the same folder resumes what
-was there.
+directory lives in ``out/runs/{baseline,ldepth}`` (the pipeline of
+:mod:`optdepth.experiments.pipeline`). Re-running on the same folder resumes what was there.
 """
 
 from __future__ import annotations
@@ -18,28 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from optdepth.checkpoints import load_model
 from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from optdepth.io import write_json
-from optdepth.offline import evaluate_policies, gap_summary, matched_accuracy_comparison, oracle_exits
-from optdepth.offline.certificate import network_certificate
-from optdepth.offline.evaluate import evaluate_run
+from optdepth.experiments.pipeline import net_metrics, policy_suite, train_and_evaluate, write_outputs
+from optdepth.offline import matched_accuracy_comparison
+from optdepth.offline.evaluate import RunEvaluation
+from optdepth.offline.exit_policies import ExitPolicy
 from optdepth.online import measure_wall_speedups
 from optdepth.registry import Registry
 from optdepth.reports.demo_report import write_report
 from optdepth.reports.environment import environment
-from optdepth.reports.plots import (
-    plot_exit_accuracy,
-    plot_exit_histograms,
-    plot_policy_curves,
-    plot_residual_decay,
-)
 from optdepth.rundir import write_lock, write_marker
-from optdepth.traces import load_traces
 from optdepth.training.config import TrainConfig
-from optdepth.training.trainer import train_or_resume
 
 log = logging.getLogger(__name__)
 
@@ -132,39 +121,21 @@ def demo_configs(schedule: DemoSchedule, beta: float | None, data_dir: str | Non
             "ldepth": base.replace(regularizer=settings.regularizer, beta=beta)}
 
 
-def _net_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    fit = summary["decay_fit"]
-    return {"exit_accuracy": summary["exit_accuracy"], "exit_compute": summary["exit_compute"],
-            "relative_residual_norm": summary["relative_residual_norm"],
-            "rho": fit["rho"], "K": fit["K"], "decay_fit_r2": fit["r2"]}
-
-
-def policy_metrics(run_dir: Path, data: FashionMNIST, fit: dict[str, float],
+def policy_metrics(evaluation: RunEvaluation, data: FashionMNIST, net: dict[str, Any],
                    repeats: int = 3) -> dict[str, Any]:
     """Fit every exit policy on the calibration traces, measure it on test, time real exits.
 
     Returns:
         ``policies`` (name -> curve and iso-accuracy record, with the wall speed-up of real
         early exit at batch 256), ``policy_comparison`` (ours vs the best rule and the oracle),
-        ``timing`` (per-policy timing details) and the certificate fields of
-        :func:`~optdepth.offline.certificate.network_certificate` at the LSM operating point.
+        ``timing`` (per-policy timing details) and the certificate fields at the LSM operating
+        point (see :meth:`~optdepth.experiments.pipeline.PolicySuite.metrics`).
     """
-    cal = load_traces(run_dir / "evaluation" / "traces_calibration.npz")
-    test = load_traces(run_dir / "evaluation" / "traces_test.npz")
-    evaluations = evaluate_policies(cal, test)
-    fitted = {n: e.policy for n, e in evaluations.items() if e.policy is not None}
-    timing = measure_wall_speedups(load_model(run_dir), fitted, data.test, batch_size=256,
-                                   repeats=repeats, all_exits=False)
-    policies = {n: e.metrics(timing[n]["wall_speedup"] if n in timing else None)
-                for n, e in evaluations.items()}
-    exits = {n: p.stop_times(test.features) for n, p in fitted.items()}
-    exits["oracle"] = oracle_exits(test.correct())
-    for name, stops in exits.items():
-        policies[name]["exit_histogram"] = np.bincount(stops, minlength=len(test.exit_costs)).tolist()
-    lsm = evaluations["lsm"]
-    certificate = network_certificate(test, fit["K"], fit["rho"], lsm.iso_param, exits["lsm"])
-    return {"policies": policies, "policy_comparison": gap_summary(evaluations),
-            "timing": timing, **certificate}
+    def timer(fitted: dict[str, ExitPolicy]) -> dict[str, dict[str, Any]]:
+        return measure_wall_speedups(evaluation.model, fitted, data.test, batch_size=256,
+                                     repeats=repeats, all_exits=False)
+
+    return policy_suite(evaluation, timer).metrics(net, "wall_speedup")
 
 
 def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo",
@@ -208,22 +179,15 @@ def _train_and_report(out: Path, model: str, plan: DemoSchedule, configs: dict[s
     """Both nets: train (or resume), evaluate, fit and time the policies; plots and report."""
     nets = {}
     for name, config in configs.items():
-        log.info("training %s (beta = %g, %d epochs)", name, config.beta, config.epochs)
-        run_dir = out / "runs" / name
-        train_or_resume(config, run_dir, data=data, progress=progress)
-        nets[name] = _net_metrics(evaluate_run(run_dir, data=data, progress=progress))
+        evaluation = train_and_evaluate(config, out / "runs" / name, data, progress)
+        nets[name] = net_metrics(evaluation.summary)
         log.info("fitting exit policies and timing early exit for %s", name)
-        nets[name].update(policy_metrics(run_dir, data, nets[name], plan.timing_repeats))
+        nets[name].update(policy_metrics(evaluation, data, nets[name], plan.timing_repeats))
     metrics = {"model": model, "model_kwargs": configs["baseline"].model_kwargs, "nets": nets,
                "matched_accuracy": matched_accuracy_comparison(nets),
                "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta,
                             "regularizer": configs["ldepth"].regularizer},
                "environment": environment(),
                "wall_seconds": time.perf_counter() - start}
-    plot_exit_accuracy(nets, out / "exit_accuracy.png")
-    plot_residual_decay(nets, out / "residual_decay.png")
-    plot_policy_curves(nets, out / "policy_curves.png")
-    plot_exit_histograms(nets, out / "exit_histograms.png")
-    write_json(out / "metrics.json", metrics)
-    write_report(metrics, configs, out / "report.md")
+    write_outputs(out, metrics, lambda m, path: write_report(m, configs, path))
     return metrics

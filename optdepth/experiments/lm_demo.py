@@ -4,8 +4,9 @@
 text), writes per-token exit traces of the calibration and test splits, fits every exit policy
 on calibration tokens, measures it on test tokens, times greedy decoding with real per-token
 early exit (CALM fills) against full depth, and writes ``out/report.md``, ``out/metrics.json``
-(the image demo's schema, see :mod:`optdepth.demo`) and PNG plots. Each net's run directory
-lives in ``out/runs/{baseline,ldepth}``; re-running on the same folder resumes what was there.
+(the image demo's schema, see :mod:`optdepth.experiments.image_demo`) and PNG plots. Each net's
+run directory lives in ``out/runs/{baseline,ldepth}`` (the pipeline of
+:mod:`optdepth.experiments.pipeline`); re-running on the same folder resumes what was there.
 
 LM-specific entries: per net ``perplexity`` (per exit), ``exit_layers`` (layer fraction per
 exit) and, per policy, in ``iso_accuracy``: ``decode_speedup`` (full-depth greedy decoding time
@@ -25,27 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from optdepth.data.text import TextCorpus, eval_windows, load_text_corpus, spread_prompts
-from optdepth.io import write_json
-from optdepth.models.causal_lm import CausalLM
-from optdepth.offline import evaluate_policies, gap_summary, oracle_exits
-from optdepth.offline.certificate import network_certificate
-from optdepth.offline.lm import collect_lm_traces, summarize_lm
+from optdepth.experiments.pipeline import net_metrics, policy_suite, train_and_evaluate, write_outputs
+from optdepth.offline.evaluate import RunEvaluation
+from optdepth.offline.exit_policies import ExitPolicy
 from optdepth.online.generation import measure_decode_speedups, teacher_forced_decode
 from optdepth.registry import Registry
 from optdepth.reports.environment import environment
 from optdepth.reports.lm_report import write_lm_report
-from optdepth.reports.plots import (
-    plot_exit_accuracy,
-    plot_exit_histograms,
-    plot_policy_curves,
-    plot_residual_decay,
-)
 from optdepth.rundir import write_lock, write_marker
-from optdepth.traces import Traces
-from optdepth.training.lm_trainer import LMTrainConfig, train_lm
+from optdepth.training.config import LMTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,55 +91,37 @@ def _decode_prompts(corpus: TextCorpus, plan: LMDemoSchedule,
     return prompts, min(plan.decode_tokens, context - len(prompts[0]) + 1)
 
 
-def evaluate_lm_net(model: CausalLM, run_dir: Path, corpus: TextCorpus,
-                    plan: LMDemoSchedule) -> tuple[dict[str, Any], Traces, Traces]:
-    """Trace both splits (the test traces are saved), summarise the test split."""
-    traces = {name: collect_lm_traces(model, getattr(corpus, name), name, plan.eval_tokens)
-              for name in ("calibration", "test")}
-    summary = summarize_lm(traces["test"], model)
-    fit = summary.pop("decay_fit")
-    net = {**summary, "rho": fit["rho"], "K": fit["K"], "decay_fit_r2": fit["r2"],
-           "calibration_exit_accuracy": [float(a) for a in traces["calibration"].exit_accuracy()]}
-    with write_lock(run_dir, "run"):
-        traces["test"].save(run_dir / "evaluation" / "traces_test.npz")
-        write_json(run_dir / "evaluation" / "summary.json", net)
-    return net, traces["calibration"], traces["test"]
-
-
-def lm_policy_metrics(model: CausalLM, cal: Traces, test: Traces, corpus: TextCorpus,
-                      plan: LMDemoSchedule, fit: dict[str, float]) -> dict[str, Any]:
+def lm_policy_metrics(evaluation: RunEvaluation, corpus: TextCorpus, plan: LMDemoSchedule,
+                      net: dict[str, Any]) -> dict[str, Any]:
     """Fit every policy on calibration tokens, measure on test tokens, time real decoding.
 
-    Also returns the certificate fields of
-    :func:`~optdepth.offline.certificate.network_certificate` at the LSM operating point
-    (``fit``: the net's decay fit K, rho), as the image demo does.
+    The image demo's policy entries (see
+    :meth:`~optdepth.experiments.pipeline.PolicySuite.metrics`), the speed-up being greedy
+    decoding's, plus per policy ``mean_layers`` and, for the timed ones, ``decode_speedup`` and
+    ``decode_accuracy`` (teacher-forced cached early-exit decoding), and the net's
+    ``decode_accuracy_full_depth``.
     """
-    evaluations = evaluate_policies(cal, test)
-    fitted = {n: e.policy for n, e in evaluations.items() if e.policy is not None}
-    timing = measure_decode_speedups(model, fitted, *_decode_prompts(corpus, plan, model.context),
-                                     plan.timing_repeats)
+    model = evaluation.model
+
+    def timer(fitted: dict[str, ExitPolicy]) -> dict[str, dict[str, Any]]:
+        return measure_decode_speedups(model, fitted, *_decode_prompts(corpus, plan, model.context),
+                                       plan.timing_repeats)
+
+    suite = policy_suite(evaluation, timer)
+    metrics = suite.metrics(net, "decode_speedup")
     inputs, targets = eval_windows(corpus.test, model.context, plan.eval_tokens)
     layers = model.layer_fractions().numpy()
-    policies = {}
-    for name, evaluation in evaluations.items():
-        record = evaluation.metrics(timing[name]["decode_speedup"] if name in timing else None)
-        stops = (oracle_exits(test.correct()) if name == "oracle"
-                 else fitted[name].stop_times(test.features))
-        record["exit_histogram"] = np.bincount(stops, minlength=len(test.exit_costs)).tolist()
+    for name, record in metrics["policies"].items():
         iso = record["iso_accuracy"]
-        iso["mean_layers"] = float(layers[stops].mean())
-        if name in timing:
-            preds, _ = teacher_forced_decode(model, inputs, fitted[name])
+        iso["mean_layers"] = float(layers[suite.exits[name]].mean())
+        if name in suite.timing:
+            preds, _ = teacher_forced_decode(model, inputs, suite.fitted[name])
             iso["decode_speedup"] = iso["wall_speedup"]
             iso["decode_accuracy"] = float((preds == targets.numpy()).mean())
-            timing[name]["wall_over_compute"] = iso["decode_speedup"] * timing[name]["mean_compute"]
-        policies[name] = record
+            suite.timing[name]["wall_over_compute"] = iso["decode_speedup"] \
+                * suite.timing[name]["mean_compute"]
     full_preds, _ = teacher_forced_decode(model, inputs, None)
-    certificate = network_certificate(test, fit["K"], fit["rho"], evaluations["lsm"].iso_param,
-                                      fitted["lsm"].stop_times(test.features))
-    return {"policies": policies, "policy_comparison": gap_summary(evaluations),
-            "timing": timing, **certificate,
-            "decode_accuracy_full_depth": float((full_preds == targets.numpy()).mean())}
+    return {**metrics, "decode_accuracy_full_depth": float((full_preds == targets.numpy()).mean())}
 
 
 def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAULT_BETA,
@@ -183,13 +155,12 @@ def _train_and_report(out: Path, model: str, plan: LMDemoSchedule,
     """Both LMs: train (or resume), evaluate, fit and time the policies; plots and report."""
     nets = {}
     for name, config in configs.items():
-        log.info("training LM %s (beta = %g, %d x %d steps)", name, config.beta, config.epochs,
-                 config.steps_per_epoch)
-        run_dir = out / "runs" / name
-        lm = train_lm(config, run_dir, corpus=corpus, progress=progress).model
-        nets[name], cal, test = evaluate_lm_net(lm, run_dir, corpus, plan)
+        evaluation = train_and_evaluate(config, out / "runs" / name, corpus, progress,
+                                        max_tokens=plan.eval_tokens)
+        nets[name] = net_metrics(evaluation.summary)
         log.info("fitting exit policies and timing early-exit decoding for %s", name)
-        nets[name].update(lm_policy_metrics(lm, cal, test, corpus, plan, nets[name]))
+        nets[name].update(lm_policy_metrics(evaluation, corpus, plan, nets[name]))
+    lm = evaluation.model
     metrics = {"nets": nets, "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta},
                "model": {"name": model, "context": lm.context, "layers": lm.num_blocks,
                          "dim": lm.dim, "parameters": sum(p.numel() for p in lm.parameters())},
@@ -197,10 +168,5 @@ def _train_and_report(out: Path, model: str, plan: LMDemoSchedule,
                                                       for s in ("train", "calibration", "test")}},
                "environment": environment(),
                "wall_seconds": time.perf_counter() - start}
-    plot_exit_accuracy(nets, out / "exit_accuracy.png")
-    plot_residual_decay(nets, out / "residual_decay.png")
-    plot_policy_curves(nets, out / "policy_curves.png")
-    plot_exit_histograms(nets, out / "exit_histograms.png")
-    write_json(out / "metrics.json", metrics)
-    write_lm_report(metrics, out / "report.md")
+    write_outputs(out, metrics, write_lm_report)
     return metrics

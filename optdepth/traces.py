@@ -23,6 +23,7 @@ the first exit), ``relative_residual_norm`` (||F||/||S|| of the block just befor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 import zlib
@@ -116,6 +117,11 @@ class Traces:
     def exit_accuracy(self) -> np.ndarray:
         """(T,) accuracy per exit."""
         return self.correct().mean(axis=0)
+
+    def take(self, rows: np.ndarray) -> Traces:
+        """The traces of the samples ``rows`` (indices or a boolean mask), in that order."""
+        per_sample = ("probs", "labels", "features", "residual_norms", "state_norms")
+        return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in per_sample})
 
     def save(self, path: str | Path) -> None:
         """Write an .npz atomically (see :func:`optdepth.io.atomic_write`)."""

@@ -9,9 +9,10 @@ An experiment folder holds one run directory per net (``out/runs/NAME``, the lay
 
 Each net goes through :func:`train_and_evaluate` (train or resume, then evaluate once: the model
 and its traces stay in memory) and :func:`policy_suite` (fit every exit policy on calibration,
-measure on test, time the fitted ones with the experiment's own timer, certify the LSM
-operating point). The image demo and the LM demo are configurations of this pipeline: they
-differ in their data, their timer and their report.
+measure it on test, find its guaranteed operating point at :data:`GUARANTEE`, time the fitted
+policies with the experiment's own timer, certify the LSM operating point). The image demo and
+the LM demo are configurations of this pipeline: they differ in their data, their timer and
+their report.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from optdepth.offline import evaluate_policies, gap_summary, oracle_exits
 from optdepth.offline.certificate import network_certificate
 from optdepth.offline.evaluate import RunEvaluation, evaluate_run
 from optdepth.offline.exit_policies import ExitPolicy
+from optdepth.offline.guarantees import Guarantee
 from optdepth.offline.policy_evaluation import PolicyEvaluation
 from optdepth.reports.plots import (
     plot_exit_accuracy,
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Times the fitted policies: name -> ExitPolicy in, name -> timing record (with the
 #: experiment's speed-up key) out.
 Timer = Callable[[dict[str, ExitPolicy]], dict[str, dict[str, Any]]]
+#: The guarantee each policy's guaranteed operating point carries: at most one point of accuracy
+#: lost against the full model, with probability 0.9 (Learn-then-Test).
+GUARANTEE = Guarantee(epsilon=0.01, delta=0.1)
 
 
 def train_and_evaluate(config: RunConfig, run_dir: Path, data: Any, progress: bool,
@@ -99,7 +104,7 @@ class PolicySuite:
 def policy_suite(evaluation: RunEvaluation, timer: Timer) -> PolicySuite:
     """Fit every exit policy on the calibration traces, measure on test, time the fitted ones."""
     test = evaluation.traces["test"]
-    evaluations = evaluate_policies(evaluation.traces["calibration"], test)
+    evaluations = evaluate_policies(evaluation.traces["calibration"], test, guarantee=GUARANTEE)
     fitted = {n: e.policy for n, e in evaluations.items() if e.policy is not None}
     timing = timer(fitted)
     exits = {n: p.stop_times(test.features) for n, p in fitted.items()}

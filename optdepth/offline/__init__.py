@@ -4,9 +4,9 @@ Forward passes over a split (:func:`forward_split`), exit traces of images and o
 (:func:`collect_traces`, :func:`collect_lm_traces`) and a run's evaluation
 (:func:`evaluate_run`); exit policies fitted on calibration traces (:func:`fit_exit_policy`,
 registry :data:`EXIT_POLICIES`) and evaluated on test traces (:func:`evaluate_policies`: curves,
-iso-accuracy points, the oracle bound, the comparison of two nets at one accuracy); the
-finite-depth certificate of a trained network. The online layer (:mod:`optdepth.online`) then
-runs a fitted policy for real.
+iso-accuracy points, guaranteed operating points, the oracle bound, the comparison of two nets
+at one accuracy); the finite-depth certificate of a trained network. The online layer
+(:mod:`optdepth.online`) then runs a fitted policy for real.
 """
 
 from optdepth.offline.collect import collect_lm_traces, collect_traces, summarize, summarize_lm
@@ -19,6 +19,7 @@ from optdepth.offline.exit_policies import (
     list_exit_policies,
 )
 from optdepth.offline.forward import SplitOutputs, forward_split
+from optdepth.offline.guarantees import Guarantee, GuaranteedPoint
 from optdepth.offline.policy_evaluation import (
     ISO_TOLERANCE,
     NETWORK_POLICIES,
@@ -31,7 +32,8 @@ from optdepth.offline.policy_evaluation import (
 )
 
 __all__ = [
-    "EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "ExitPolicy", "PolicyEvaluation",
+    "EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "ExitPolicy", "Guarantee",
+    "GuaranteedPoint", "PolicyEvaluation",
     "RunEvaluation", "SplitOutputs", "TraceSource", "collect_lm_traces", "collect_traces",
     "evaluate_policies", "evaluate_run", "fit_exit_policy", "forward_split", "gap_summary",
     "iso_accuracy_index", "list_exit_policies", "matched_accuracy_comparison", "oracle_exits",

@@ -13,11 +13,15 @@ Protocol (numpy only):
   choice of lambda is not flattered by in-sample optimism; the policy used on test is refitted
   on the whole calibration split at the chosen lambda;
 * ``oracle`` (earliest correct exit, the last exit if none is correct) sees the labels: it is a
-  bound, measured on test directly.
+  bound, measured on test directly;
+* with ``guarantee=(epsilon, delta)``, each policy also gets a **guaranteed** operating point,
+  whose accuracy loss against the full model is certified on calibration samples its fit never
+  saw (:mod:`optdepth.offline.guarantees`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +36,7 @@ from optdepth.offline.exit_policies import (
     check_traces,
     fit_exit_policy,
 )
+from optdepth.offline.guarantees import Guarantee, GuaranteedPoint, guaranteed_point
 from optdepth.traces import Traces
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,8 @@ class PolicyEvaluation:
         cross_fitted: whether the calibration curve is out of fold.
         reached: False when no point of the grid reached the accuracy target on calibration;
             the iso-accuracy point is then the most accurate one (a weak network or policy).
+        guaranteed: the guaranteed operating point, when a guarantee was asked for
+            (:mod:`optdepth.offline.guarantees`).
     """
 
     name: str
@@ -94,6 +101,7 @@ class PolicyEvaluation:
     policy: ExitPolicy | None
     cross_fitted: bool
     reached: bool = True
+    guaranteed: GuaranteedPoint | None = None
 
     @property
     def iso_param(self) -> float:
@@ -113,10 +121,13 @@ class PolicyEvaluation:
         """
         order = np.lexsort((self.test_curve[:, 1], self.test_curve[:, 0]))
         compute, accuracy = self.iso_test
-        return {"curve": [[float(c), float(a)] for c, a in self.test_curve[order]],
-                "iso_accuracy": {"accuracy": accuracy, "mean_compute": compute,
-                                 "wall_speedup": None if wall_speedup is None
-                                 else float(wall_speedup), "reached": self.reached}}
+        record = {"curve": [[float(c), float(a)] for c, a in self.test_curve[order]],
+                  "iso_accuracy": {"accuracy": accuracy, "mean_compute": compute,
+                                   "wall_speedup": None if wall_speedup is None
+                                   else float(wall_speedup), "reached": self.reached}}
+        if self.guaranteed is not None:
+            record["guaranteed"] = self.guaranteed.metrics()
+        return record
 
 
 def _point(correct: np.ndarray, costs: np.ndarray, times: np.ndarray) -> tuple[float, float]:
@@ -196,7 +207,8 @@ def evaluate_policy(name: str, ctx: FitContext, test: Traces, *,
 def evaluate_policies(calibration: Traces, test: Traces,
                       names: tuple[str, ...] = NETWORK_POLICIES, *,
                       tolerance: float = ISO_TOLERANCE, folds: int = 10,
-                      seed: int = 0) -> dict[str, PolicyEvaluation]:
+                      seed: int = 0, guarantee: Guarantee | tuple[float, float] | None = None,
+                      ) -> dict[str, PolicyEvaluation]:
     """Fit every policy on calibration traces and evaluate it on test traces.
 
     Args:
@@ -205,12 +217,16 @@ def evaluate_policies(calibration: Traces, test: Traces,
         names: policies to run (see :data:`NETWORK_POLICIES`).
         tolerance: allowed accuracy loss at the iso-accuracy point (0.005 = 0.5 points).
         folds: cross-fitting folds. seed: seed of the fold assignment.
+        guarantee: also find each policy's guaranteed operating point: ``(epsilon, delta)``
+            (accuracy lost against the full model at most epsilon with probability 1 - delta,
+            by Learn-then-Test) or a :class:`~optdepth.offline.guarantees.Guarantee`.
 
     Returns:
         name -> :class:`PolicyEvaluation`, in the order of ``names``.
 
     Raises:
-        ValueError: unknown name, empty traces, or test traces of another model.
+        ValueError: unknown name, empty traces, test traces of another model, a bad
+            guarantee, or a calibration split too small to certify anything (ConfigError).
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) \
             or not -1 <= tolerance <= 1:  # a negative loss asks for more than the final exit
@@ -222,10 +238,19 @@ def evaluate_policies(calibration: Traces, test: Traces,
     for name in names:
         if name != "oracle":
             EXIT_POLICIES[name]  # an unknown name fails here, before any fitting
+    wanted = None if guarantee is None else Guarantee.of(guarantee)
     ctx = FitContext.from_traces(calibration, folds, seed)
-    return {name: (_evaluate_oracle(calibration, test) if name == "oracle"
-                   else evaluate_policy(name, ctx, test, tolerance=tolerance))
-            for name in names}
+    evaluations = {name: (_evaluate_oracle(calibration, test) if name == "oracle"
+                          else evaluate_policy(name, ctx, test, tolerance=tolerance))
+                   for name in names}
+    if wanted is not None:
+        fit, certify = wanted.split(calibration)
+        fit_ctx = FitContext.from_traces(fit, folds, seed)
+        for name in names:
+            if name != "oracle":
+                point = guaranteed_point(name, fit, fit_ctx, certify, test, wanted)
+                evaluations[name] = dataclasses.replace(evaluations[name], guaranteed=point)
+    return evaluations
 
 
 def gap_summary(evaluations: dict[str, PolicyEvaluation],

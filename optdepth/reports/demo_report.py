@@ -98,6 +98,32 @@ def certificate_table(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def guarantee_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each policy's guaranteed operating point (empty when no guarantee was computed)."""
+    records = {(n, p): r["guaranteed"] for n, net in nets.items()
+               for p, r in net["policies"].items() if "guaranteed" in r}
+    if not records:
+        return []
+    first = next(iter(records.values()))
+    level = (f"ε = {100 * first['epsilon']:g} point(s), δ = {first['delta']:g}"
+             if first["method"] == "ltt" else f"ε = {100 * first['epsilon']:g} point(s)")
+    lines = ["## Guaranteed operating points", "",
+             f"The cheapest member of each policy's family whose accuracy loss against the full"
+             f" model is certified ({first['method'].upper()}, {level}): the policies are fitted"
+             f" on {first['n_fit']:,} calibration samples and certified on the other"
+             f" {first['n_calibration']:,}, which they never saw. Risk = share of samples the"
+             f" full model gets right and the early exit wrong; test figures below.", "",
+             _row(["net", "policy", "certified", "calibration risk (%)", "test risk (%)",
+                   "test acc. (%)", "mean compute"]), _row(["---"] * 7)]
+    for (net, policy), g in records.items():
+        lines.append(_row([net, policy, "yes" if g["certified"] else "no",
+                           _fmt(g["calibration_risk"] and 100 * g["calibration_risk"], ".2f"),
+                           _fmt(g["test_risk"] and 100 * g["test_risk"], ".2f"),
+                           _fmt(g["accuracy"] and 100 * g["accuracy"], ".2f"),
+                           _fmt(g["mean_compute"], ".3f")]))
+    return [*lines, ""]
+
+
 def policy_section(nets: Mapping[str, Mapping[str, Any]],
                    matched: Mapping[str, Any] | None = None) -> list[str]:
     """The early-exit part of the report (``matched``: the nets at one test accuracy)."""
@@ -115,6 +141,7 @@ def policy_section(nets: Mapping[str, Mapping[str, Any]],
     lines += [*comparison_lines(nets), *([matched_accuracy_line(matched)] if matched else []),
               "", "![policy curves](policy_curves.png)", "",
               "![exit histograms](exit_histograms.png)", "",
+              *guarantee_section(nets),
               "## Finite-depth certificate", "",
               "t̄ = log(L·K / (λ·ΔC)) / log(1/ρ) + 1 blocks, with K, ρ the fitted decay, λ the"
               " LSM operating point's price of compute, ΔC the mean compute per exit and L the"

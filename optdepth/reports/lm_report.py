@@ -10,6 +10,7 @@ from optdepth.reports.demo_report import (
     certificate_table,
     comparison_lines,
     exit_table,
+    guarantee_section,
     policy_table,
     residual_table,
 )
@@ -71,6 +72,7 @@ def write_lm_report(metrics: dict[str, Any], path: Path) -> None:
                   f"{100 * net['decode_accuracy_full_depth']:.2f}%.", ""]
     lines += [*comparison_lines(nets), "", "![policy curves](policy_curves.png)", "",
               "![exit histograms](exit_histograms.png)", "",
+              *guarantee_section(nets),
               "## Finite-depth certificate", "",
               "As in the image demo: t̄ = log(L·K / (λ·ΔC)) / log(1/ρ) + 1 layers at the LSM"
               " operating point, next to the mean depth (layers) LSM stops tokens at.", "",

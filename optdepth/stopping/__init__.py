@@ -38,6 +38,7 @@ from .free_boundary import FreeBoundary, FreeBoundarySolution, solve_free_bounda
 from .operating_points import Frontier, OperatingPoint, frontier, operating_point
 from .registry import POLICIES, create_policy, list_policies
 from .regression import LeastSquaresPolicy, OneStepLookaheadPolicy
+from .risk_control import RiskControlResult, hoeffding_bentkus_p_value, risk_control
 from .rules import PatiencePolicy, ThresholdPolicy
 from .theory import (
     DiminishingReturnsFit,
@@ -66,6 +67,7 @@ __all__ = [
     "PatiencePolicy",
     "PolicyValue",
     "ResidualStoppingSimulation",
+    "RiskControlResult",
     "StoppingPolicy",
     "ThresholdPolicy",
     "backward_induction",
@@ -80,10 +82,12 @@ __all__ = [
     "depth_certificate",
     "fit_diminishing_returns",
     "frontier",
+    "hoeffding_bentkus_p_value",
     "list_policies",
     "operating_point",
     "oracle_stop_times",
     "policy_value",
+    "risk_control",
     "simulate_residual_stopping",
     "solve_free_boundary",
 ]

@@ -52,8 +52,12 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
             assert all(len(point) == 2 for point in record["curve"])
             assert 0 < iso["mean_compute"] <= 1 and 0 < iso["accuracy"] <= 1
             assert sum(record["exit_histogram"]) == 10_000
-            if name != "oracle":  # the oracle is a bound: nothing to time
+            if name != "oracle":  # the oracle is a bound: nothing to time or certify
                 assert iso["wall_speedup"] > 0
+                guaranteed = record["guaranteed"]  # certified on 2,500 unseen samples
+                assert guaranteed["n_calibration"] == 2500 and guaranteed["epsilon"] == 0.01
+                if guaranteed["certified"]:
+                    assert guaranteed["p_value"] <= 0.1 and 0 < guaranteed["mean_compute"] <= 1
         assert net["mean_optimal_depth"] >= 1 and "certificate_depth" in net
     matched = metrics["matched_accuracy"]
     lower = min(net["exit_accuracy"][-1] for net in metrics["nets"].values())
@@ -61,6 +65,7 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
     assert set(matched["policies"]) == set(metrics["nets"]["baseline"]["policies"])
     report = (demo_dir / "report.md").read_text()
     assert f"one test accuracy for both nets, {100 * matched['accuracy']:.2f}%" in report
+    assert "## Guaranteed operating points" in report and "LTT, ε = 1 point(s), δ = 0.1" in report
     for png in ("exit_accuracy.png", "residual_decay.png", "policy_curves.png",
                 "exit_histograms.png"):
         assert f"]({png})" in report

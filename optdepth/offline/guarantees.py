@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from optdepth.errors import ConfigError
-from optdepth.offline.exit_policies import EXIT_POLICIES, FitContext, fit_exit_policy
+from optdepth.offline.exit_policies import EXIT_POLICIES, ExitPolicy, FitContext, fit_exit_policy
 from optdepth.stopping.risk_control import METHODS, RiskControlResult, risk_control
 from optdepth.traces import Traces
 
@@ -131,6 +131,46 @@ class GuaranteedPoint:
                 "test_risk": self.test_risk}
 
 
+@dataclass(frozen=True)
+class CandidateFamily:
+    """One policy's candidates, built on the fit part of the calibration split.
+
+    Attributes:
+        params: (K,) the policy's parameter grid. policies: the K fitted policies.
+        fit_compute, fit_risk: (K,) their mean compute and risk on the fit part.
+        order: the indices tested, in testing order (:func:`pareto_chain`).
+    """
+
+    params: np.ndarray
+    policies: list[ExitPolicy]
+    fit_compute: np.ndarray
+    fit_risk: np.ndarray
+    order: np.ndarray
+
+    def stop_times(self, traces: Traces) -> np.ndarray:
+        """(N, len(order)) exit of each sample under each tested candidate, in testing order."""
+        features = np.asarray(traces.features, float)
+        return np.stack([self.policies[k].stop_times(features) for k in self.order], axis=1)
+
+    def losses(self, traces: Traces, risk: str) -> np.ndarray:
+        """(N, len(order)) per-sample losses of the tested candidates, in testing order."""
+        times = self.stop_times(traces)
+        return np.stack([risk_losses(traces, times[:, j], risk) for j in range(times.shape[1])],
+                        axis=1)
+
+
+def candidate_family(name: str, fit_traces: Traces, fit: FitContext, risk: str) -> CandidateFamily:
+    """Fit policy ``name`` at every parameter of its grid on the fit part; order the
+    Pareto-efficient ones for testing."""
+    params = EXIT_POLICIES[name].params(fit)
+    policies = [fit_exit_policy(name, fit, float(p)) for p in params]
+    fit_times = [c.stop_times(fit.features) for c in policies]
+    fit_compute = np.array([fit.costs[t].mean() for t in fit_times])
+    fit_risk = np.array([risk_losses(fit_traces, t, risk).mean() for t in fit_times])
+    return CandidateFamily(params, policies, fit_compute, fit_risk,
+                           pareto_chain(fit_compute, fit_risk))
+
+
 def guaranteed_point(name: str, fit_traces: Traces, fit: FitContext, certify: Traces,
                      test: Traces, guarantee: Guarantee) -> GuaranteedPoint:
     """Certify the cheapest member of policy ``name``'s family (see the module docstring).
@@ -146,26 +186,20 @@ def guaranteed_point(name: str, fit_traces: Traces, fit: FitContext, certify: Tr
     Raises:
         ConfigError: too few certify samples for any candidate to be certifiable.
     """
-    params = EXIT_POLICIES[name].params(fit)
-    candidates = [fit_exit_policy(name, fit, float(p)) for p in params]
-    fit_times = [c.stop_times(fit.features) for c in candidates]
-    fit_compute = np.array([fit.costs[t].mean() for t in fit_times])
-    fit_risk = np.array([risk_losses(fit_traces, t, guarantee.risk).mean() for t in fit_times])
-    order = pareto_chain(fit_compute, fit_risk)
-    certify_features = np.asarray(certify.features, float)
-    losses = np.stack([risk_losses(certify, candidates[k].stop_times(certify_features),
-                                   guarantee.risk) for k in order], axis=1)
-    control = risk_control(losses, guarantee.epsilon, guarantee.delta, guarantee.method,
-                           costs=fit_compute[order])
+    family = candidate_family(name, fit_traces, fit, guarantee.risk)
+    control = risk_control(family.losses(certify, guarantee.risk), guarantee.epsilon,
+                           guarantee.delta, guarantee.method,
+                           costs=family.fit_compute[family.order])
     if control.index is None:
         return GuaranteedPoint(guarantee, None, control, len(fit.correct), None, None, None)
-    chosen = int(order[control.index])
-    times = candidates[chosen].stop_times(np.asarray(test.features, float))
+    chosen = int(family.order[control.index])
+    times = family.policies[chosen].stop_times(np.asarray(test.features, float))
     correct = test.correct()[np.arange(len(times)), times]
-    return GuaranteedPoint(guarantee, float(params[chosen]), control, len(fit.correct),
+    return GuaranteedPoint(guarantee, float(family.params[chosen]), control, len(fit.correct),
                            float(np.asarray(test.exit_costs, float)[times].mean()),
                            float(correct.mean()),
                            float(risk_losses(test, times, guarantee.risk).mean()))
 
 
-__all__ = ["RISKS", "Guarantee", "GuaranteedPoint", "guaranteed_point", "risk_losses"]
+__all__ = ["RISKS", "CandidateFamily", "Guarantee", "GuaranteedPoint", "candidate_family",
+           "guaranteed_point", "pareto_chain", "risk_losses"]

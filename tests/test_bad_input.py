@@ -195,7 +195,7 @@ def test_bad_config_file_values(line, tmp_path, capsys):
     (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
     (["--epochs", "0"], "epochs must be a positive integer"),
     (["--calibration-size", "-5"], "calibration_size must be a positive integer or null"),
-    (["--workers", "-1"], "workers must be an integer in \\[0"),
+    (["--workers", "-1"], "workers must be an integer in [0"),
 ])
 def test_bad_flags(flags, message, tmp_path, capsys):
     refused(["train", "--out", str(tmp_path / "run"), *flags], capsys, message, tmp_path)

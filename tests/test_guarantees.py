@@ -6,8 +6,9 @@ import pytest
 from test_exit_policies import make_traces
 
 from optdepth.errors import ConfigError
-from optdepth.offline import Guarantee, evaluate_policies
+from optdepth.offline import Guarantee, evaluate_policies, oracle_exits
 from optdepth.offline.guarantees import pareto_chain, risk_losses
+from optdepth.offline.prices import LatencyProfile
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,48 @@ def test_too_few_calibration_samples_say_how_many_are_needed(toy):
     small = make_traces(n=200, seed=2)
     with pytest.raises(ConfigError, match="at least 230 are needed"):
         evaluate_policies(small, toy[1], ("max_prob",), guarantee=(0.01, 0.1))
+
+
+# ----------------------------------------------------------------------------- prices
+def test_pricing_exits_at_their_flop_shares_changes_nothing(toy):
+    cal, test = toy
+    plain = evaluate_policies(cal, test, ("max_prob", "lsm", "oracle"), folds=5)
+    priced = evaluate_policies(cal, test, ("max_prob", "lsm", "oracle"), folds=5,
+                               prices=cal.exit_costs)
+    for name in plain:
+        np.testing.assert_array_equal(plain[name].test_curve, priced[name].test_curve)
+
+
+def test_curves_are_in_the_units_of_the_prices(toy):
+    """Priced exits: the oracle's "compute" is the mean price of the exits it takes."""
+    cal, test = toy
+    prices = np.array([0.55, 0.6, 1.0])
+    priced = evaluate_policies(cal, test, ("oracle",), folds=5, prices=prices)
+    exits = oracle_exits(test.correct())
+    assert priced["oracle"].iso_test[0] == pytest.approx(prices[exits].mean())
+
+
+@pytest.mark.parametrize("prices, message", [
+    ([0.2, 1.0], "3 finite positive numbers"),
+    ([0.5, 0.3, 1.0], "must not decrease"),
+    ([0.0, 0.5, 1.0], "finite positive"),
+    (["a", "b", "c"], "one per exit"),
+])
+def test_bad_prices_are_one_clear_error(toy, prices, message):
+    with pytest.raises(ConfigError, match=message):
+        evaluate_policies(*toy, ("max_prob",), prices=prices)
+
+
+def test_a_latency_profile_prices_only_its_model_at_its_batch_size(toy):
+    cal = toy[0]
+    profile = LatencyProfile("toy", tuple(float(c) for c in cal.exit_costs), 256, "cpu", 2,
+                             (0.3, 0.7, 1.02))
+    np.testing.assert_allclose(profile.prices(cal, 256), [0.3, 0.7, 1.02])
+    with pytest.raises(ConfigError, match="measured at batch size 256, not 64"):
+        profile.prices(cal, 64)
+    other = LatencyProfile("resnet20", profile.flop_costs, 256, "cpu", 2, profile.time_shares)
+    with pytest.raises(ConfigError, match="measured for 'resnet20'"):
+        other.prices(cal, 256)
+    fewer = LatencyProfile("toy", (0.5, 1.0), 256, "cpu", 2, (0.5, 1.0))
+    with pytest.raises(ConfigError, match="not for these traces"):
+        fewer.prices(cal, 256)

@@ -17,6 +17,7 @@ from optdepth.online import (
     engine_time_breakdown,
     exit_time_shares,
     full_depth_predict,
+    measure_latency_profile,
     measure_wall_speedups,
     offline_exits,
 )
@@ -222,6 +223,14 @@ def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):
     shares = np.asarray(report["exit_time_share"])
     exits = early_exit_predict(model, policy, split, 16).exit_index
     assert report["ideal_wall_speedup"] == pytest.approx(1 / shares[exits].mean())
+    assert report["engine_efficiency"] == pytest.approx(report["wall_speedup"]
+                                                        / report["ideal_wall_speedup"])
+    profile = measure_latency_profile(model, split, batch_size=16, repeats=1)
+    prices = profile.prices(test, 16)  # traces of the same model: accepted
+    assert prices.shape == (model.num_exits,) and (np.diff(prices) >= 0).all() and prices[0] > 0
+    assert profile.batch_size == 16 and profile.threads == torch.get_num_threads()
+    with pytest.raises(ValueError, match="needs at least 16 samples"):
+        measure_latency_profile(model, split.subset(8), batch_size=16)
     with pytest.raises(ValueError, match="repeats must be a positive integer"):
         measure_wall_speedups(model, {"lsm": policy}, split, repeats=0)
     with pytest.raises(ValueError, match="empty"):

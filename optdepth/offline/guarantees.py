@@ -110,6 +110,7 @@ class GuaranteedPoint:
     Attributes:
         guarantee: what was certified.
         param: the chosen parameter (None when nothing could be certified).
+        policy: the chosen policy, fitted on the fit part (None when nothing was certified).
         control: the risk-control result over the candidates (ordered by fit-part compute).
         n_fit: calibration samples that built the candidates.
         test_compute, test_accuracy, test_risk: the chosen policy on the test split (None
@@ -118,6 +119,7 @@ class GuaranteedPoint:
 
     guarantee: Guarantee
     param: float | None
+    policy: ExitPolicy | None
     control: RiskControlResult
     n_fit: int
     test_compute: float | None
@@ -191,11 +193,13 @@ def guaranteed_point(name: str, fit_traces: Traces, fit: FitContext, certify: Tr
                            guarantee.delta, guarantee.method,
                            costs=family.fit_compute[family.order])
     if control.index is None:
-        return GuaranteedPoint(guarantee, None, control, len(fit.correct), None, None, None)
+        return GuaranteedPoint(guarantee, None, None, control, len(fit.correct), None, None,
+                               None)
     chosen = int(family.order[control.index])
     times = family.policies[chosen].stop_times(np.asarray(test.features, float))
     correct = test.correct()[np.arange(len(times)), times]
-    return GuaranteedPoint(guarantee, float(family.params[chosen]), control, len(fit.correct),
+    return GuaranteedPoint(guarantee, float(family.params[chosen]), family.policies[chosen],
+                           control, len(fit.correct),
                            float(np.asarray(test.exit_costs, float)[times].mean()),
                            float(correct.mean()),
                            float(risk_losses(test, times, guarantee.risk).mean()))

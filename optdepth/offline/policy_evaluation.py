@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from optdepth.offline.exit_policies import (
     EXIT_POLICIES,
@@ -37,6 +38,7 @@ from optdepth.offline.exit_policies import (
     fit_exit_policy,
 )
 from optdepth.offline.guarantees import Guarantee, GuaranteedPoint, guaranteed_point
+from optdepth.offline.prices import check_prices
 from optdepth.traces import Traces
 
 log = logging.getLogger(__name__)
@@ -152,12 +154,13 @@ def _cross_fitted_times(ctx: FitContext, name: str, param: float) -> np.ndarray:
     return times
 
 
-def _evaluate_oracle(calibration: Traces, test: Traces) -> PolicyEvaluation:
+def _evaluate_oracle(calibration: Traces, test: Traces,
+                     prices: np.ndarray | None = None) -> PolicyEvaluation:
     points = []
     for traces in (calibration, test):
         correct = traces.correct()
-        points.append([_point(correct, np.asarray(traces.exit_costs, float),
-                              oracle_exits(correct))])
+        costs = np.asarray(traces.exit_costs, float) if prices is None else prices
+        points.append([_point(correct, costs, oracle_exits(correct))])
     return PolicyEvaluation("oracle", np.array([np.nan]), np.array(points[0]),
                             np.array(points[1]), 0, None, cross_fitted=False)
 
@@ -208,7 +211,7 @@ def evaluate_policies(calibration: Traces, test: Traces,
                       names: tuple[str, ...] = NETWORK_POLICIES, *,
                       tolerance: float = ISO_TOLERANCE, folds: int = 10,
                       seed: int = 0, guarantee: Guarantee | tuple[float, float] | None = None,
-                      ) -> dict[str, PolicyEvaluation]:
+                      prices: ArrayLike | None = None) -> dict[str, PolicyEvaluation]:
     """Fit every policy on calibration traces and evaluate it on test traces.
 
     Args:
@@ -220,6 +223,10 @@ def evaluate_policies(calibration: Traces, test: Traces,
         guarantee: also find each policy's guaranteed operating point: ``(epsilon, delta)``
             (accuracy lost against the full model at most epsilon with probability 1 - delta,
             by Learn-then-Test) or a :class:`~optdepth.offline.guarantees.Guarantee`.
+        prices: (T,) the price of reaching each exit, in the units the policies' rewards and
+            operating points minimise (default: the traces' FLOP shares); measured latency comes
+            from :meth:`~optdepth.offline.prices.LatencyProfile.prices`. The curves' "compute"
+            is then in those units.
 
     Returns:
         name -> :class:`PolicyEvaluation`, in the order of ``names``.
@@ -239,18 +246,24 @@ def evaluate_policies(calibration: Traces, test: Traces,
         if name != "oracle":
             EXIT_POLICIES[name]  # an unknown name fails here, before any fitting
     wanted = None if guarantee is None else Guarantee.of(guarantee)
-    ctx = FitContext.from_traces(calibration, folds, seed)
-    evaluations = {name: (_evaluate_oracle(calibration, test) if name == "oracle"
+    price = None if prices is None else check_prices(prices, len(calibration.exit_costs))
+    ctx = _priced(FitContext.from_traces(calibration, folds, seed), price)
+    evaluations = {name: (_evaluate_oracle(calibration, test, price) if name == "oracle"
                           else evaluate_policy(name, ctx, test, tolerance=tolerance))
                    for name in names}
     if wanted is not None:
         fit, certify = wanted.split(calibration)
-        fit_ctx = FitContext.from_traces(fit, folds, seed)
+        fit_ctx = _priced(FitContext.from_traces(fit, folds, seed), price)
         for name in names:
             if name != "oracle":
                 point = guaranteed_point(name, fit, fit_ctx, certify, test, wanted)
                 evaluations[name] = dataclasses.replace(evaluations[name], guaranteed=point)
     return evaluations
+
+
+def _priced(ctx: FitContext, prices: np.ndarray | None) -> FitContext:
+    """``ctx`` with its exits priced at ``prices`` (None: as traced); features stay as traced."""
+    return ctx if prices is None else dataclasses.replace(ctx, costs=prices)
 
 
 def gap_summary(evaluations: dict[str, PolicyEvaluation],

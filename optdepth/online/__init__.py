@@ -5,7 +5,8 @@ its policy picks, so later blocks never run for it (:func:`offline_exits` applie
 policy to traces, for the online = offline checks); per-token early exit and greedy decoding
 for the causal LM live in :mod:`optdepth.online.generation`. Timing: interleaved wall-clock
 speed-ups of policies over full depth (:func:`measure_wall_speedups`), the time to reach each
-exit (:func:`exit_time_shares`) and the engine's own share (:func:`engine_time_breakdown`).
+exit (:func:`exit_time_shares`; as prices for the policies, :func:`measure_latency_profile`)
+and the engine's own share (:func:`engine_time_breakdown`).
 """
 
 from optdepth.online.engine import EarlyExitResult, early_exit_predict, offline_exits
@@ -13,8 +14,10 @@ from optdepth.online.timing import (
     engine_time_breakdown,
     exit_time_shares,
     full_depth_predict,
+    measure_latency_profile,
     measure_wall_speedups,
 )
 
 __all__ = ["EarlyExitResult", "early_exit_predict", "engine_time_breakdown", "exit_time_shares",
-           "full_depth_predict", "measure_wall_speedups", "offline_exits"]
+           "full_depth_predict", "measure_latency_profile", "measure_wall_speedups",
+           "offline_exits"]

@@ -35,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from optdepth.data.loader import Split
 from optdepth.models.base import MultiExitModel
+from optdepth.offline.prices import LatencyProfile
 from optdepth.online.engine import check_batch_size, early_exit_predict, split_images
 from optdepth.stopping import StoppingPolicy
 
@@ -121,6 +122,30 @@ def exit_time_shares(model: MultiExitModel, images: Tensor, repeats: int = 5) ->
     return np.cumsum(segments)[1:] / full
 
 
+def measure_latency_profile(model: MultiExitModel, data: Split | Tensor, batch_size: int = 256,
+                            repeats: int = 5) -> LatencyProfile:
+    """The time to reach each exit of ``model`` on its device at ``batch_size``
+    (:func:`exit_time_shares` on the first ``batch_size`` samples of ``data``), as a
+    :class:`~optdepth.offline.prices.LatencyProfile` that prices exits in seconds.
+
+    Raises:
+        ValueError: a bad batch size or repeats, or no data. DataError: images of the wrong
+            shape for the model.
+    """
+    batch_size = check_batch_size(batch_size)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    images, _ = split_images(data)
+    if images.shape[0] < batch_size:
+        raise ValueError(f"a latency profile at batch size {batch_size} needs at least"
+                         f" {batch_size} samples, got {images.shape[0]}")
+    shares = exit_time_shares(model, images[:batch_size], repeats)
+    return LatencyProfile(getattr(model, "arch_name", None),
+                          tuple(float(c) for c in model.exit_costs()), batch_size,
+                          str(next(model.parameters()).device), torch.get_num_threads(),
+                          tuple(float(s) for s in shares))
+
+
 ENGINE_PARTS = ("stem", "segments", "decide", "retire", "regroup")
 
 
@@ -179,8 +204,9 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
         ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``ideal_wall_speedup``
         (1 / mean :func:`exit_time_shares` of the exits taken: what a zero-overhead engine
-        would reach on this hardware) and ``exit_time_share`` (T,); ``accuracy_full_depth``
-        and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
+        would reach on this hardware), ``engine_efficiency`` (wall over ideal speed-up: the
+        share of the ideal engine's speed-up the real one keeps) and ``exit_time_share`` (T,);
+        ``accuracy_full_depth`` and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
         ``batch_size``, ``refill``, ``repeats``, ``n_samples``.
     """
     batch_size = check_batch_size(batch_size)
@@ -223,9 +249,9 @@ def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
     return {"wall_speedup": wall, "wall_speedup_all_exits": ratio("all_exits"),
             "early_exit_s": statistics.median(times[name]), "mean_compute": early.mean_compute,
             "compute_speedup": compute_speedup, "wall_over_compute": wall / compute_speedup,
-            "ideal_wall_speedup": ideal,
+            "ideal_wall_speedup": ideal, "engine_efficiency": wall / ideal,
             "accuracy_early_exit": early.accuracy, **common}
 
 
 __all__ = ["ENGINE_PARTS", "baseline_kind", "engine_time_breakdown", "exit_time_shares",
-           "full_depth_predict", "measure_wall_speedups"]
+           "full_depth_predict", "measure_latency_profile", "measure_wall_speedups"]

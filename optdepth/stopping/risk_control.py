@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
+from scipy import special
 
 from optdepth.errors import ConfigError
 
@@ -91,7 +91,7 @@ def hoeffding_bentkus_p_value(risk: ArrayLike, n: int, epsilon: float) -> np.nda
     hoeffding = np.exp(-n * h)
     # ceil with a tolerance: n·R̂ is an integer for 0/1 losses, up to float rounding
     k = np.ceil(n * risk - 1e-9)
-    bentkus = math.e * stats.binom.cdf(k, n, epsilon)
+    bentkus = math.e * special.bdtr(k, n, epsilon)  # P[Binomial(n, ε) <= k]
     return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
 
 

@@ -84,7 +84,7 @@ def test_out_of_range_feature_indices_are_named():
 
 
 def test_registry_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown policy 'bandit'.*lsm"):
+    with pytest.raises(ValueError, match="unknown policy 'bandit'.*least_squares"):
         create_policy("bandit")
 
 

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optdepth.rundir import RunLayout
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     for run in args.runs:
         for split in ("calibration", "test"):
-            if not RunLayout(run).traces(split).is_file():
+            if not (run / "evaluation" / f"traces_{split}.npz").is_file():
                 parser.error(f"{run}: no evaluation/traces_{split}.npz; run "
                              f"`optdepth evaluate {run}` first")
     return args
@@ -66,6 +64,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from optdepth.offline import evaluate_policies
+    from optdepth.rundir import RunLayout
     from optdepth.traces import load_traces
 
     test = load_traces(RunLayout(run).traces("test"))

@@ -30,8 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optdepth.rundir import RunLayout
-
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -56,10 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     for run in args.runs:
-        layout = RunLayout(run)
-        for part in (layout.checkpoint, layout.traces("calibration"), layout.traces("test")):
-            if not part.is_file():
-                parser.error(f"{part} is missing; train and run `optdepth evaluate {run}`")
+        for part in ("checkpoints/last.pt", "evaluation/traces_calibration.npz",
+                     "evaluation/traces_test.npz"):
+            if not (run / part).is_file():
+                parser.error(f"{run / part} is missing; train and run `optdepth evaluate {run}`")
     return args
 
 
@@ -76,12 +74,13 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         measure_wall_speedups,
         offline_exits,
     )
+    from optdepth.rundir import RunLayout
     from optdepth.traces import load_traces
 
-    cal = load_traces(RunLayout(run).traces("calibration"))
-    test = load_traces(RunLayout(run).traces("test"))
+    layout = RunLayout(run)
+    cal, test = load_traces(layout.traces("calibration")), load_traces(layout.traces("test"))
     model = load_model(run).to(args.device)
-    data_dir = args.data_dir or load_checkpoint(RunLayout(run).checkpoint)["config"].get(
+    data_dir = args.data_dir or load_checkpoint(layout.checkpoint)["config"].get(
         "data_dir")
     split = load_fashion_mnist(data_dir).test
     if not np.array_equal(split.labels.numpy(), test.labels):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import set_threads, write_result
+from common import require_evaluated, set_threads, write_result
 
 from optdepth.checkpoints import load_checkpoint, load_model
 from optdepth.data import load_fashion_mnist
@@ -43,11 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--out", default="benchmarks/results/latency_priced.json")
     args = parser.parse_args(argv)
-    for run in args.runs:
-        layout = RunLayout(run)
-        for part in (layout.checkpoint, layout.traces("calibration"), layout.traces("test")):
-            if not part.is_file():
-                parser.error(f"{part} is missing; train and run `optdepth evaluate {run}`")
+    require_evaluated(parser, args.runs)
     return args
 
 

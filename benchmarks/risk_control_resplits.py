@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import write_result
+from common import require_evaluated, write_result
 
 from optdepth.offline.exit_policies import FitContext
 from optdepth.offline.guarantees import RISKS, candidate_family
@@ -46,11 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/risk_control_resplits.json")
     args = parser.parse_args(argv)
-    for run in args.runs:
-        for split in ("calibration", "test"):
-            if not RunLayout(run).traces(split).is_file():
-                parser.error(f"{RunLayout(run).traces(split)} is missing; run `optdepth evaluate"
-                             f" {run}` first")
+    require_evaluated(parser, args.runs, checkpoint=False)
     return args
 
 

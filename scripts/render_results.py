@@ -98,6 +98,12 @@ RESULTS = (
            "python benchmarks/bench_free_boundary.py"),
     Result("bench_stopping.json", "synthetic paths", "–", "stopping engine", "–",
            "python benchmarks/bench_stopping.py"),
+    Result("risk_control_resplits.json", "resnet20 (demo nets)", "demo (5 epochs)",
+           "guarantee validity", "0 (200 re-splits)",
+           "python benchmarks/risk_control_resplits.py DIR/runs/baseline DIR/runs/ldepth"),
+    Result("latency_priced.json", "resnet20 (demo nets)", "demo (5 epochs)",
+           "FLOP- vs latency-priced", "0",
+           "python benchmarks/latency_priced.py DIR/runs/baseline DIR/runs/ldepth --threads 2"),
     Result("bench_imagenet_cpu64.json", "imagenet_resnet50, 64 px", "–", "throughput", "–",
            "python benchmarks/bench_imagenet_gpu.py --device cpu --image-size 64"
            " --batch-size 16 --threads 1"),

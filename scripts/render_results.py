@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optdepth.reports.demo_report import exit_table, matched_accuracy_line, policy_table
+from optdepth.reports.demo_report import (
+    exit_table,
+    guarantee_section,
+    matched_accuracy_line,
+    policy_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -136,7 +141,7 @@ def _section(result: Result, metrics: dict[str, Any]) -> list[str]:
         lines += [f"Policies of `{name}` at their iso-accuracy point:", "", *policy_table(net), ""]
     if "matched_accuracy" in metrics:
         lines += [matched_accuracy_line(metrics["matched_accuracy"]), ""]
-    return lines
+    return [*lines, *guarantee_section(metrics["nets"], depth=3)]
 
 
 def readme_block(metrics: dict[str, Any]) -> str:

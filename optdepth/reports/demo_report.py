@@ -98,8 +98,9 @@ def certificate_table(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def guarantee_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Each policy's guaranteed operating point (empty when no guarantee was computed)."""
+def guarantee_section(nets: Mapping[str, Mapping[str, Any]], depth: int = 2) -> list[str]:
+    """Each policy's guaranteed operating point under a heading of ``depth`` (empty when no
+    guarantee was computed)."""
     records = {(n, p): r["guaranteed"] for n, net in nets.items()
                for p, r in net["policies"].items() if "guaranteed" in r}
     if not records:
@@ -107,7 +108,7 @@ def guarantee_section(nets: Mapping[str, Mapping[str, Any]]) -> list[str]:
     first = next(iter(records.values()))
     level = (f"ε = {100 * first['epsilon']:g} point(s), δ = {first['delta']:g}"
              if first["method"] == "ltt" else f"ε = {100 * first['epsilon']:g} point(s)")
-    lines = ["## Guaranteed operating points", "",
+    lines = ["#" * depth + " Guaranteed operating points", "",
              f"The cheapest member of each policy's family whose accuracy loss against the full"
              f" model is certified ({first['method'].upper()}, {level}): the policies are fitted"
              f" on {first['n_fit']:,} calibration samples and certified on the other"

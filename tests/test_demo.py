@@ -65,7 +65,7 @@ def test_quick_demo_writes_report_metrics_and_plots(demo_dir):
     assert set(matched["policies"]) == set(metrics["nets"]["baseline"]["policies"])
     report = (demo_dir / "report.md").read_text()
     assert f"one test accuracy for both nets, {100 * matched['accuracy']:.2f}%" in report
-    assert "## Guaranteed operating points" in report and "LTT, ε = 1 point(s), δ = 0.1" in report
+    assert "## Guaranteed operating points" in report and "LTT, ε = 1 point, δ = 0.1" in report
     for png in ("exit_accuracy.png", "residual_decay.png", "policy_curves.png",
                 "exit_histograms.png"):
         assert f"]({png})" in report

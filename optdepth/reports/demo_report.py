@@ -106,8 +106,9 @@ def guarantee_section(nets: Mapping[str, Mapping[str, Any]], depth: int = 2) -> 
     if not records:
         return []
     first = next(iter(records.values()))
-    level = (f"ε = {100 * first['epsilon']:g} point(s), δ = {first['delta']:g}"
-             if first["method"] == "ltt" else f"ε = {100 * first['epsilon']:g} point(s)")
+    points = 100 * first["epsilon"]
+    level = f"ε = {points:g} point{'' if points == 1 else 's'}" + (
+        f", δ = {first['delta']:g}" if first["method"] == "ltt" else "")
     lines = ["#" * depth + " Guaranteed operating points", "",
              f"The cheapest member of each policy's family whose accuracy loss against the full"
              f" model is certified ({first['method'].upper()}, {level}): the policies are fitted"

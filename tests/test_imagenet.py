@@ -15,7 +15,9 @@ from optdepth.cli import main
 from optdepth.data.imagefolder import load_imagefolder
 from optdepth.errors import CheckpointError, ConfigError, DataError
 from optdepth.models.resnet_imagenet import residual_branch
-from optdepth.offline import evaluate_policies, evaluate_run
+from optdepth.offline import evaluate_policies, evaluate_run, fit_exit_policy
+from optdepth.offline.exit_policies import FitContext
+from optdepth.online import early_exit_predict, offline_exits
 from optdepth.traces import load_traces
 from optdepth.training import TrainConfig, train
 
@@ -193,6 +195,16 @@ def test_training_evaluation_traces_and_policies_on_an_imagefolder(tmp_path, fol
     assert test.residual_norms.shape == (12, 8)
     evaluations = evaluate_policies(cal, test, names=("max_prob", "oracle"), tolerance=1.0, folds=2)
     assert set(evaluations) == {"max_prob", "oracle"}
+    # the engine streams the on-disk split batch by batch and matches the traces exactly
+    data = load_imagefolder(folder, image_size=SMALL, calibration_size=4, workers=0)
+    policy = fit_exit_policy("max_prob", FitContext.from_traces(cal, folds=2),
+                             float(np.median(cal.features[:, :-1, 0])))
+    for batch_size in (5, 16):
+        online = early_exit_predict(result.model.cpu(), policy, data.test, batch_size)
+        offline = offline_exits(policy, test)
+        np.testing.assert_array_equal(online.exit_index, offline.exit_index)
+        np.testing.assert_array_equal(online.predictions, offline.predictions)
+        np.testing.assert_array_equal(online.labels, test.labels)
 
 
 def test_cli_train_and_evaluate_an_imagefolder_run(tmp_path, folder, caplog):

@@ -155,7 +155,7 @@ def test_bad_inputs_are_clear_errors(trained, policies):
             early_exit_predict(model, policy, data.test, bad)
     with pytest.raises(ValueError, match="empty"):
         early_exit_predict(model, policy, data.test.subset(0))
-    with pytest.raises(ValueError, match="Split or an images tensor"):
+    with pytest.raises(ValueError, match="batch source .* or an images tensor"):
         early_exit_predict(model, policy, [1, 2, 3])
     with pytest.raises(DataError, match="expects images of shape"):
         early_exit_predict(model, policy, torch.zeros(4, 3, 28, 28))

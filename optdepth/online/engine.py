@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from optdepth.data.loader import Split
+from optdepth.data.source import BatchSource
 from optdepth.models.base import MultiExitModel, StepOutput
 from optdepth.offline.exit_policies import ExitPolicy, TraceSource, check_traces
 from optdepth.stopping import NotFittedError, StoppingPolicy
@@ -146,6 +148,52 @@ def split_images(data: Split | Tensor) -> tuple[Tensor, np.ndarray | None]:
         return data, None
     raise ValueError(f"data must be an optdepth.data.Split or an images tensor (N, C, H, W), "
                      f"got {type(data).__name__}")
+
+
+class _Inputs:
+    """The engine's input batches, in order, from an images tensor or any batch source.
+
+    An in-memory tensor is sliced; any other :class:`~optdepth.data.source.BatchSource` (an
+    on-disk ImageFolder split, say) is streamed batch by batch, each checked as it arrives, so
+    a split need not fit in memory. ``labels`` holds the labels seen so far (None for a bare
+    tensor).
+    """
+
+    def __init__(self, model: MultiExitModel, data: Any, batch_size: int) -> None:
+        if isinstance(data, Split | Tensor):
+            images, labels = split_images(data)
+            if images.dim() >= 1 and images.shape[0] == 0:
+                raise ValueError("the data is empty (N=0 samples): nothing to predict")
+            model.check_input(images)
+            model.check_finite(images)
+            self.n = images.shape[0]
+            self._batches = ((images[s:s + batch_size], None)
+                             for s in range(0, self.n, batch_size))
+            self.labels = labels
+        elif hasattr(data, "batches") and hasattr(data, "__len__"):
+            self.n = len(data)
+            if self.n == 0:
+                raise ValueError("the data is empty (N=0 samples): nothing to predict")
+            self._batches = iter(data.batches(batch_size))
+            self.labels = np.empty(self.n, dtype=np.int64)
+        else:
+            raise ValueError(f"data must be a batch source (an optdepth.data.Split, an ImageFolder"
+                             f" split) or an images tensor (N, C, H, W), got {type(data).__name__}")
+        self.model, self.fed = model, 0
+
+    def next(self) -> Tensor:
+        """The next input batch (b, C, H, W); ValueError when the source runs dry early."""
+        try:
+            images, labels = next(self._batches)
+        except StopIteration:
+            raise ValueError(f"the batch source yielded {self.fed} samples but has length"
+                             f" {self.n}") from None
+        if labels is not None:  # a streamed source: check each batch, keep its labels
+            self.model.check_input(images)
+            self.model.check_finite(images)
+            self.labels[self.fed:self.fed + len(labels)] = labels.numpy()
+        self.fed += images.shape[0]
+        return images
 
 
 def check_batch_size(batch_size: object) -> int:
@@ -293,22 +341,22 @@ def _next_segment(sizes: list[int], batch_size: int, inputs_left: bool, refill: 
     return waiting[0] if waiting else None
 
 
-def _run(model: MultiExitModel, policy: StoppingPolicy, images: Tensor, costs: np.ndarray,
+def _run(model: MultiExitModel, policy: StoppingPolicy, inputs: _Inputs, costs: np.ndarray,
          out: _Outputs, batch_size: int, refill: bool) -> None:
     """Schedule every sample through the segments until it stops."""
-    n, n_exits = images.shape[0], len(costs)
+    n, n_exits = inputs.n, len(costs)
     queues: list[list[_Cohort]] = [[] for _ in range(n_exits)]
     device = next(model.parameters()).device  # input batches move there; decisions on the CPU
-    fed = 0
-    while (t := _next_segment([sum(map(len, q)) for q in queues], batch_size, fed < n,
+    while (t := _next_segment([sum(map(len, q)) for q in queues], batch_size, inputs.fed < n,
                               refill)) is not None:
         if t == -1:
-            rows = np.arange(fed, min(fed + batch_size, n))
+            start = inputs.fed
+            batch = inputs.next()
+            rows = np.arange(start, inputs.fed)
             history = np.empty((len(rows), n_exits, len(FEATURES)), dtype=np.float32)
-            batch = images[fed:rows[-1] + 1].to(device, non_blocking=True)
             with record_function("optdepth::stem"):
-                queues[0].append(_Cohort(rows, _stem(model, batch), history, None))
-            fed = rows[-1] + 1
+                queues[0].append(_Cohort(rows, _stem(model, batch.to(device, non_blocking=True)),
+                                         history, None))
             continue
         with record_function("optdepth::regroup"):
             cohort = _Cohort.merge(queues[t])
@@ -321,7 +369,7 @@ def _run(model: MultiExitModel, policy: StoppingPolicy, images: Tensor, costs: n
             queues[t + 1].append(survivors)
 
 
-def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Split | Tensor,
+def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: BatchSource | Tensor,
                        batch_size: int = 256, *, refill: bool = True,
                        record_features: bool = False) -> EarlyExitResult:
     """Predict with real early exit: each sample runs only up to the exit its policy picks.
@@ -330,7 +378,8 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Spli
         model: a multi-exit model (run in eval mode; its mode is restored afterwards).
         policy: a policy fitted on this model's traces (:func:`fit_exit_policy`, or any
             :class:`~optdepth.stopping.StoppingPolicy` fitted on the trace FEATURES).
-        data: a :class:`~optdepth.data.Split` or an images tensor (N, C, H, W).
+        data: any batch source (an in-memory :class:`~optdepth.data.Split`, an on-disk
+            ImageFolder split, streamed batch by batch) or an images tensor (N, C, H, W).
         batch_size: samples per network call (at most).
         refill: keep batches full: samples that continue past exit t wait until
             ``batch_size`` of them (from later input batches too) are ready for segment t + 1.
@@ -347,15 +396,11 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Spli
         DataError: images of the wrong shape for the model.
     """
     batch_size = check_batch_size(batch_size)
-    images, labels = split_images(data)
-    if images.dim() >= 1 and images.shape[0] == 0:
-        raise ValueError("the data is empty (N=0 samples): nothing to predict")
-    model.check_input(images)
-    model.check_finite(images)
+    inputs = _Inputs(model, data, batch_size)
     source = model_source(model)
     check_policy(policy, source, f"the model ({source.arch or type(model).__name__})")
     costs = np.asarray(source.exit_costs, dtype=np.float32)
-    n = images.shape[0]
+    n = inputs.n
     out = _Outputs(np.empty(n, np.int64), np.empty(n, np.int64),
                    np.empty((n, model.num_classes), np.float32),
                    np.full((n, len(costs), len(FEATURES)), np.nan, np.float32)
@@ -364,12 +409,12 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Spli
     model.eval()
     try:
         with torch.inference_mode():
-            _run(model, policy, images, costs, out, batch_size, refill)
+            _run(model, policy, inputs, costs, out, batch_size, refill)
     finally:
         model.train(was_training)
     costs64 = costs.astype(np.float64)
     return EarlyExitResult(out.predictions, out.exit_index, costs64[out.exit_index], out.probs,
-                           costs64, labels, out.features)
+                           costs64, inputs.labels, out.features)
 
 
 __all__ = ["EarlyExitResult", "ExitPolicy", "check_policy", "early_exit_predict",

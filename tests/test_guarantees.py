@@ -145,3 +145,16 @@ def test_a_latency_profile_prices_only_its_model_at_its_batch_size(toy):
     fewer = LatencyProfile("toy", (0.5, 1.0), 256, "cpu", 2, (0.5, 1.0))
     with pytest.raises(ConfigError, match="not for these traces"):
         fewer.prices(cal, 256)
+
+
+def test_the_pipeline_skips_guarantees_a_small_calibration_split_cannot_give(toy, caplog):
+    """A demo on a small data folder still runs: no guaranteed points, one warning."""
+    from optdepth.experiments.pipeline import policy_suite
+    from optdepth.offline.evaluate import RunEvaluation
+
+    small = RunEvaluation(None, {"calibration": make_traces(n=300, seed=4), "test": toy[1]}, {})
+    suite = policy_suite(small, lambda fitted: {})
+    assert all(e.guaranteed is None for e in suite.evaluations.values())
+    assert "no guaranteed operating points" in caplog.text
+    full = RunEvaluation(None, {"calibration": toy[0], "test": toy[1]}, {})
+    assert policy_suite(full, lambda fitted: {}).evaluations["lsm"].guaranteed is not None

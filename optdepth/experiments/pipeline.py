@@ -38,6 +38,7 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
+from optdepth.stopping.risk_control import samples_needed
 from optdepth.traces import Traces
 from optdepth.training import RunConfig, train_or_resume
 
@@ -103,13 +104,26 @@ class PolicySuite:
 
 def policy_suite(evaluation: RunEvaluation, timer: Timer) -> PolicySuite:
     """Fit every exit policy on the calibration traces, measure on test, time the fitted ones."""
-    test = evaluation.traces["test"]
-    evaluations = evaluate_policies(evaluation.traces["calibration"], test, guarantee=GUARANTEE)
+    calibration, test = evaluation.traces["calibration"], evaluation.traces["test"]
+    evaluations = evaluate_policies(calibration, test, guarantee=_guarantee_for(calibration))
     fitted = {n: e.policy for n, e in evaluations.items() if e.policy is not None}
     timing = timer(fitted)
     exits = {n: p.stop_times(test.features) for n, p in fitted.items()}
     exits["oracle"] = oracle_exits(test.correct())
     return PolicySuite(test, evaluations, fitted, exits, timing)
+
+
+def _guarantee_for(calibration: Traces) -> Guarantee | None:
+    """:data:`GUARANTEE`, or None (with a warning) when the calibration split is too small to
+    certify anything: a small data folder still gets its demo, without guaranteed points."""
+    n_certify = round(GUARANTEE.certify_fraction * len(calibration.labels))
+    needed = samples_needed(GUARANTEE.epsilon, GUARANTEE.delta, GUARANTEE.method)
+    if n_certify >= needed:
+        return GUARANTEE
+    log.warning("no guaranteed operating points: %d calibration samples certify on %d, and"
+                " ε = %g, δ = %g need at least %d", len(calibration.labels), n_certify,
+                GUARANTEE.epsilon, GUARANTEE.delta, needed)
+    return None
 
 
 def write_outputs(out: Path, metrics: dict[str, Any],

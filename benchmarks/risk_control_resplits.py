@@ -27,7 +27,7 @@ from optdepth.offline.exit_policies import FitContext
 from optdepth.offline.guarantees import RISKS, candidate_family
 from optdepth.rundir import RunLayout
 from optdepth.stopping.risk_control import METHODS, risk_control
-from optdepth.traces import Traces, load_traces
+from optdepth.traces import PER_SAMPLE, Traces, load_traces
 
 POLICIES = ("max_prob", "entropy", "patience", "osla", "lsm")
 
@@ -53,9 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def pooled(run: Path) -> Traces:
     """The calibration and test traces of ``run`` as one set of samples."""
     cal, test = (load_traces(RunLayout(run).traces(s)) for s in ("calibration", "test"))
-    per_sample = ("probs", "labels", "features", "residual_norms", "state_norms")
     return Traces(**{name: np.concatenate([getattr(cal, name), getattr(test, name)])
-                     for name in per_sample},
+                     for name in PER_SAMPLE},
                   exit_costs=cal.exit_costs, exit_blocks=cal.exit_blocks, metadata=cal.metadata)
 
 

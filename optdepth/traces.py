@@ -120,8 +120,7 @@ class Traces:
 
     def take(self, rows: np.ndarray) -> Traces:
         """The traces of the samples ``rows`` (indices or a boolean mask), in that order."""
-        per_sample = ("probs", "labels", "features", "residual_norms", "state_norms")
-        return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in per_sample})
+        return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in PER_SAMPLE})
 
     def save(self, path: str | Path) -> None:
         """Write an .npz atomically (see :func:`optdepth.io.atomic_write`)."""
@@ -132,6 +131,8 @@ class Traces:
             file, **arrays, metadata=np.array(json.dumps(meta))))
 
 
+#: The arrays with one row per sample (the others describe the network's exits).
+PER_SAMPLE = ("probs", "labels", "features", "residual_norms", "state_norms")
 #: The arrays of a trace file, in the order of the module docstring's table.
 ARRAYS = ("probs", "labels", "features", "exit_costs", "residual_norms", "state_norms",
           "exit_blocks")

@@ -38,7 +38,6 @@ from optdepth.reports.plots import (
     plot_policy_curves,
     plot_residual_decay,
 )
-from optdepth.stopping.risk_control import samples_needed
 from optdepth.traces import Traces
 from optdepth.training import RunConfig, train_or_resume
 
@@ -116,13 +115,12 @@ def policy_suite(evaluation: RunEvaluation, timer: Timer) -> PolicySuite:
 def _guarantee_for(calibration: Traces) -> Guarantee | None:
     """:data:`GUARANTEE`, or None (with a warning) when the calibration split is too small to
     certify anything: a small data folder still gets its demo, without guaranteed points."""
-    n_certify = round(GUARANTEE.certify_fraction * len(calibration.labels))
-    needed = samples_needed(GUARANTEE.epsilon, GUARANTEE.delta, GUARANTEE.method)
-    if n_certify >= needed:
+    n = len(calibration.labels)
+    if GUARANTEE.certifiable(n):
         return GUARANTEE
-    log.warning("no guaranteed operating points: %d calibration samples certify on %d, and"
-                " ε = %g, δ = %g need at least %d", len(calibration.labels), n_certify,
-                GUARANTEE.epsilon, GUARANTEE.delta, needed)
+    log.warning("no guaranteed operating points: %d calibration samples leave %d to certify on,"
+                " too few for ε = %g, δ = %g", n, GUARANTEE.certify_size(n), GUARANTEE.epsilon,
+                GUARANTEE.delta)
     return None
 
 

@@ -22,7 +22,6 @@ Risks (per-sample losses in {0, 1}):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,13 @@ import numpy as np
 
 from optdepth.errors import ConfigError
 from optdepth.offline.exit_policies import EXIT_POLICIES, ExitPolicy, FitContext, fit_exit_policy
-from optdepth.stopping.risk_control import METHODS, RiskControlResult, risk_control
+from optdepth.stopping.risk_control import (
+    METHODS,
+    RiskControlResult,
+    check_level,
+    risk_control,
+    samples_needed,
+)
 from optdepth.traces import Traces
 
 RISKS = ("accuracy_gap", "disagreement")
@@ -51,10 +56,7 @@ class Guarantee:
 
     def __post_init__(self) -> None:
         for name in ("epsilon", "delta", "certify_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not math.isfinite(value) or not 0 < value < 1:
-                raise ConfigError(f"guarantee {name} must be a number in (0, 1), got {value!r}")
+            check_level(f"guarantee {name}", getattr(self, name))
         if self.method not in METHODS:
             raise ConfigError(f"guarantee method must be one of {', '.join(METHODS)}, got"
                               f" {self.method!r}")
@@ -71,11 +73,20 @@ class Guarantee:
             return cls(*value)
         raise ConfigError(f"guarantee must be (epsilon, delta) or a Guarantee, got {value!r}")
 
+    def certify_size(self, n_calibration: int) -> int:
+        """How many of ``n_calibration`` samples :meth:`split` sets aside to certify on."""
+        return int(round(self.certify_fraction * n_calibration))
+
+    def certifiable(self, n_calibration: int) -> bool:
+        """Whether a calibration split of this size can certify any candidate at all."""
+        return self.certify_size(n_calibration) >= samples_needed(self.epsilon, self.delta,
+                                                                  self.method)
+
     def split(self, calibration: Traces) -> tuple[Traces, Traces]:
         """(fit, certify) parts of the calibration traces, drawn at random with ``seed``."""
         n = len(calibration.labels)
         order = np.random.default_rng(self.seed).permutation(n)
-        n_certify = int(round(self.certify_fraction * n))
+        n_certify = self.certify_size(n)
         fit, certify = np.sort(order[n_certify:]), np.sort(order[:n_certify])
         return calibration.take(fit), calibration.take(certify)
 

@@ -126,7 +126,7 @@ def risk_control(losses: ArrayLike, epsilon: float, delta: float = 0.1, method: 
             certify any candidate (the message says how many are needed).
     """
     losses = _check_losses(losses)
-    epsilon, delta = _check_level("epsilon", epsilon), _check_level("delta", delta)
+    epsilon, delta = check_level("epsilon", epsilon), check_level("delta", delta)
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if costs is not None:
@@ -171,7 +171,8 @@ def _check_losses(losses: ArrayLike) -> np.ndarray:
     return array
 
 
-def _check_level(name: str, value: Any) -> float:
+def check_level(name: str, value: Any) -> float:
+    """``value`` as a float, if it is a number in (0, 1) (a risk level, a probability)."""
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not 0 < value < 1:
         raise ConfigError(f"{name} must be a number in (0, 1), got {value!r}")
@@ -191,5 +192,5 @@ def _check_order(costs: ArrayLike, k: int) -> None:
                           f" candidate {i} ({costs[i]:.4g})")
 
 
-__all__ = ["METHODS", "RiskControlResult", "hoeffding_bentkus_p_value", "risk_control",
-           "samples_needed"]
+__all__ = ["METHODS", "RiskControlResult", "check_level", "hoeffding_bentkus_p_value",
+           "risk_control", "samples_needed"]

@@ -131,3 +131,19 @@ def assert_online_equals_offline(model, policy, data: FashionMNIST, test, label:
     np.testing.assert_array_equal(alone.exit_index, offline.exit_index[:20], err_msg=label)
     np.testing.assert_array_equal(alone.predictions, offline.predictions[:20], err_msg=label)
     return set(offline.exit_index.tolist())
+
+
+def require_extra(module: str):
+    """Import an optional extra's module, or skip the test where it is not installed.
+
+    CI sets OPTDEPTH_REQUIRE_EXTRAS=1 (``.ci/run``): there a missing extra fails the test
+    instead, so the tests of :mod:`optdepth.wrap` never skip in CI.
+    """
+    import importlib
+    import os
+
+    import pytest
+
+    if os.environ.get("OPTDEPTH_REQUIRE_EXTRAS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -97,8 +97,8 @@ def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any
     new = min(args.new_tokens, model.context - length + 1)
     for batch in args.batch_sizes:
         prompts = spread_prompts(corpus.test, batch, length)
-        timing = measure_decode_speedups(model, {**fitted, **static_policies(model)}, prompts, new,
-                                         args.repeats)
+        timing = measure_decode_speedups(model, prompts, new, repeats=args.repeats,
+                                         policies={**fitted, **static_policies(model)})
         record["timing"][f"batch_{batch}"] = timing
         for name, t in timing.items():
             print(f"{run.name:10s} batch {batch:3d} {name:14s} decode speed-up {t['decode_speedup']:5.2f}x"

@@ -32,6 +32,9 @@ _EXPORTS = {
     "evaluate_policies": "optdepth.offline",
     "fit_exit_policy": "optdepth.offline",
     "early_exit_predict": "optdepth.online",
+    # bring your own model; decode (full depth, per-token early exit, self-speculative)
+    "wrap": "optdepth.wrappers",
+    "generate": "optdepth.online.generation",
     "OptDepthError": "optdepth.errors",
 }
 

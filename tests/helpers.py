@@ -137,7 +137,7 @@ def require_extra(module: str):
     """Import an optional extra's module, or skip the test where it is not installed.
 
     CI sets OPTDEPTH_REQUIRE_EXTRAS=1 (``.ci/run``): there a missing extra fails the test
-    instead, so the tests of :mod:`optdepth.wrap` never skip in CI.
+    instead, so the tests of :mod:`optdepth.wrappers` never skip in CI.
     """
     import importlib
     import os

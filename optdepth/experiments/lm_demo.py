@@ -104,8 +104,8 @@ def lm_policy_metrics(evaluation: RunEvaluation, corpus: TextCorpus, plan: LMDem
     model = evaluation.model
 
     def timer(fitted: dict[str, ExitPolicy]) -> dict[str, dict[str, Any]]:
-        return measure_decode_speedups(model, fitted, *_decode_prompts(corpus, plan, model.context),
-                                       plan.timing_repeats)
+        return measure_decode_speedups(model, *_decode_prompts(corpus, plan, model.context),
+                                       policies=fitted, repeats=plan.timing_repeats)
 
     suite = policy_suite(evaluation, timer)
     metrics = suite.metrics(net, "decode_speedup")

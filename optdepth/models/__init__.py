@@ -3,6 +3,7 @@
 # Importing a family registers its factories with create_model.
 from optdepth.models import (  # noqa: F401
     causal_lm,
+    hf_gpt2,
     neural_ode,
     resnet_cifar,
     resnet_imagenet,

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from optdepth.errors import ConfigError, DataError
-from optdepth.models.base import MultiExitModel, StepOutput, per_sample_norm
+from optdepth.errors import ConfigError
+from optdepth.models.base import StepOutput, per_sample_norm
+from optdepth.models.decoder import DecoderLM, KVFiller, check_positive_ints
 from optdepth.models.registry import register_model
 
 VOCAB_SIZE = 256
@@ -112,18 +112,20 @@ class KVCache:
         keys, values: (L, B, H, context, D/H) buffers; position p of row b is valid once
             written (by prefill, a decoded layer or a CALM fill).
         lengths: (B,) int64 number of positions written per row (the next token goes there).
+        owner: the model that made the cache (decoding checks it).
     """
 
     keys: Tensor
     values: Tensor
     lengths: Tensor
+    owner: DecoderLM
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
 
-class CausalLM(MultiExitModel):
+class CausalLM(DecoderLM):
     """Multi-exit byte-level decoder; see the module docstring.
 
     Args:
@@ -137,10 +139,8 @@ class CausalLM(MultiExitModel):
     def __init__(self, dim: int = 128, layers: int = 6, heads: int = 4, context: int = 128,
                  mlp_ratio: int = 4) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("layers", layers), ("heads", heads),
-                            ("context", context), ("mlp_ratio", mlp_ratio)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(dim=dim, layers=layers, heads=heads, context=context,
+                            mlp_ratio=mlp_ratio)
         if dim % heads:
             raise ConfigError(f"heads ({heads}) must divide dim ({dim})")
         if layers < 2:
@@ -168,13 +168,6 @@ class CausalLM(MultiExitModel):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * layers))
 
     # ------------------------------------------------------------ the multi-exit contract
-    def check_input(self, x: Tensor) -> None:
-        """Raise :class:`DataError` unless ``x`` is (B, S) int64 byte ids, 1 <= S <= context."""
-        if not isinstance(x, Tensor) or x.dim() != 2 or x.dtype != torch.int64:
-            got = (f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__)
-            raise DataError(f"CausalLM expects token ids of shape (B, S) and dtype int64, got {got}")
-        check_token_ids(x, self.context)
-
     def stem(self, x: Tensor) -> Tensor:
         """(B, S) ids -> (B, S, D) token plus position embeddings."""
         return self.embed(x) + self.pos(torch.arange(x.shape[1], device=x.device))
@@ -205,82 +198,51 @@ class CausalLM(MultiExitModel):
         p = self.embed.weight
         shape = (self.num_blocks, batch_size, attn.heads, self.context, attn.head_dim)
         return KVCache(p.new_zeros(shape), p.new_zeros(shape),
-                       torch.zeros(batch_size, dtype=torch.int64, device=p.device))
+                       torch.zeros(batch_size, dtype=torch.int64, device=p.device), self)
 
-    def prefill(self, ids: Tensor, lengths: Tensor, cache: KVCache) -> Tensor:
-        """Run right-padded prompts at full depth and write their keys/values into ``cache``.
-
-        Causality makes right padding harmless: a real token never attends to the pads after
-        it, and a row's pads are overwritten as that row decodes.
-
-        Args:
-            ids: (B, S) prompts, row b's real tokens in ``[:lengths[b]]``.
-            lengths: (B,) prompt lengths >= 1.
-            cache: an empty cache for B rows.
-
-        Returns:
-            (B, 256) last-exit logits at each row's last prompt token.
-        """
-        self.check_input(ids)
-        h = self.stem(ids)  # (B, S, D)
-        s = ids.shape[1]
-        for layer, block in enumerate(self.blocks):
-            a = block.ln1(h)
-            k, v = block.attn.keys_values(a)
-            cache.keys[layer, :, :, :s], cache.values[layer, :, :, :s] = k, v
-            h = block.finish(h, block.attn.attend(a, k, v, causal=True))
-        cache.lengths.copy_(lengths)
-        last = h[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, D)
-        return self.exit_logits(last, self.num_exits - 1)
-
-    def embed_at(self, ids: Tensor, positions: Tensor) -> Tensor:
-        """(n,) token ids at (n,) positions -> (n, D) input states."""
+    def embed_at(self, ids: Tensor, start: Tensor) -> Tensor:
+        """(n, q) token ids from positions ``start`` (n,) on -> (n, q, D) input states."""
+        positions = start[:, None] + torch.arange(ids.shape[1], device=ids.device)
         return self.embed(ids) + self.pos(positions)
 
     def decode_layer(self, layer: int, h: Tensor, cache: KVCache, rows: Tensor | None,
-                     positions: Tensor, bounds: tuple[int, int] | None = None) -> Tensor:
-        """Layer ``layer`` for one new token in each of the cache ``rows``.
-
-        Writes the token's key/value at ``positions`` and attends over positions
-        0..position of its row.
-
-        Args:
-            h: (n, D) states of the new tokens.
-            rows: (n,) cache rows, or None for every row in order (no gather: faster).
-            positions: (n,) position of each new token.
-            bounds: (min, max) of ``positions`` if known (saves two reads per layer).
-
-        Returns:
-            (n, D) states after the layer.
-        """
+                     start: Tensor, bounds: tuple[int, int] | None = None) -> Tensor:
+        """Layer ``layer`` on (n, q, D) new tokens; see :meth:`DecoderLM.decode_layer`."""
         block = self.blocks[layer]
-        low, high = bounds or (int(positions.min()), int(positions.max()))
-        a = block.ln1(h)[:, None]  # (n, 1, D)
-        self._write_kv(layer, a, cache, rows, positions, high if low == high else None)
+        low, high = bounds or (int(start.min()), int(start.max()))
+        q = h.shape[1]
+        a = block.ln1(h)  # (n, q, D)
+        k, v = block.attn.keys_values(a)  # (n, H, q, D/H)
+        self._write_kv(layer, k, v, cache, rows, start, high if low == high else None)
+        if rows is None and high == 0:  # prefill: the new tokens are the whole sequence
+            return block.finish(h, block.attn.attend(a, k, v, causal=q > 1))
+        span = high + q
         keys, values = cache.keys[layer], cache.values[layer]  # (B, H, context, D/H)
         if rows is None:
-            keys, values = keys[:, :, :high + 1], values[:, :, :high + 1]
+            keys, values = keys[:, :, :span], values[:, :, :span]
         else:
-            keys, values = keys[rows, :, :high + 1], values[rows, :, :high + 1]  # (n, H, span, D/H)
+            keys, values = keys[rows, :, :span], values[rows, :, :span]  # (n, H, span, D/H)
         mask = None
-        if low < high:  # rows of unequal length: hide each row's future
-            mask = (torch.arange(high + 1, device=h.device) <= positions[:, None])[:, None, None]
-        return block.finish(h[:, None], block.attn.attend(a, keys, values, mask))[:, 0]
+        if low < high or q > 1:  # unequal rows or several new tokens: hide each query's future
+            query_at = start[:, None] + torch.arange(q, device=h.device)  # (n, q)
+            mask = (torch.arange(span, device=h.device) <= query_at[..., None])[:, None]
+        return block.finish(h, block.attn.attend(a, keys, values, mask))
 
-    def _write_kv(self, layer: int, a: Tensor, cache: KVCache, rows: Tensor | None,
-                  positions: Tensor, same: int | None = None) -> None:
-        """Write the layer's keys/values of normed inputs ``a`` (n, 1, D) at ``positions``.
+    def _write_kv(self, layer: int, k: Tensor, v: Tensor, cache: KVCache, rows: Tensor | None,
+                  start: Tensor, same: int | None = None) -> None:
+        """Write keys/values (n, H, q, D/H) of ``layer`` at positions start..start+q-1.
 
-        ``same``: the position when every row writes the same one (plain slicing, faster).
+        ``same``: the start when every row shares it (plain slicing, faster).
         """
-        k, v = self.blocks[layer].attn.keys_values(a)  # (n, H, 1, D/H)
+        q = k.shape[2]
         if rows is None and same is not None:
-            cache.keys[layer, :, :, same], cache.values[layer, :, :, same] = k[:, :, 0], v[:, :, 0]
+            cache.keys[layer, :, :, same:same + q], cache.values[layer, :, :, same:same + q] = k, v
             return
         if rows is None:
-            rows = torch.arange(a.shape[0], device=a.device)
-        cache.keys[layer, rows, :, positions] = k[:, :, 0]
-        cache.values[layer, rows, :, positions] = v[:, :, 0]
+            rows = torch.arange(k.shape[0], device=k.device)
+        positions = start[:, None] + torch.arange(q, device=k.device)  # (n, q)
+        cache.keys[layer, rows[:, None], :, positions] = k.transpose(1, 2)
+        cache.values[layer, rows[:, None], :, positions] = v.transpose(1, 2)
 
     def fill_kv(self, layer: int, h: Tensor, cache: KVCache, rows: Tensor | None,
                 positions: Tensor) -> None:
@@ -288,7 +250,8 @@ class CausalLM(MultiExitModel):
 
         Only the layer's first LayerNorm and K/V projection run (no attention, no MLP).
         """
-        self._write_kv(layer, self.blocks[layer].ln1(h)[:, None], cache, rows, positions)
+        k, v = self.blocks[layer].attn.keys_values(self.blocks[layer].ln1(h)[:, None])
+        self._write_kv(layer, k, v, cache, rows, positions)
 
     def folded_kv(self) -> tuple[Tensor, Tensor]:
         """Every layer's LN1 affine and K/V projection folded into one map, for batched fills.
@@ -306,87 +269,26 @@ class CausalLM(MultiExitModel):
             biases.append(w @ block.ln1.bias + c)
         return torch.cat(weights).T.contiguous(), torch.cat(biases)
 
-    def fill_kv_from(self, h: Tensor, first_layer: Tensor, cache: KVCache, rows: Tensor,
-                     positions: Tensor, folded: tuple[Tensor, Tensor]) -> None:
-        """CALM fills of many exited tokens at once: the same result as :meth:`fill_kv` per layer.
+    def kv_filler(self) -> KVFiller:
+        """CALM fills of many exited tokens in one matmul (same result as :meth:`fill_kv`).
 
-        Args:
-            h: (n, D) exited states. first_layer: (n,) first layer each token skipped (its exit
-                index + 1); layers first_layer..L-1 are filled.
-            rows, positions: (n,) cache rows and positions of the tokens.
-            folded: :meth:`folded_kv` of this model.
+        The folded weights (:meth:`folded_kv`) are taken once, when the filler is made: make a
+        new filler after changing the weights.
         """
-        start, n_layers, d = int(first_layer.min()), self.num_blocks, self.dim
+        weight, bias = self.folded_kv()
+        n_layers, d = self.num_blocks, self.dim
         attn = self.blocks[0].attn
-        z = F.layer_norm(h, (d,), eps=self.blocks[0].ln1.eps)  # (n, D), shared by every layer
-        weight, bias = folded
-        kv = torch.addmm(bias[2 * d * start:], z, weight[:, 2 * d * start:])
-        kv = kv.view(len(h), n_layers - start, 2, attn.heads, attn.head_dim)
-        token, layer = (torch.arange(start, n_layers) >= first_layer[:, None]).nonzero(as_tuple=True)
-        cache.keys[layer + start, rows[token], :, positions[token]] = kv[token, layer, 0]
-        cache.values[layer + start, rows[token], :, positions[token]] = kv[token, layer, 1]
 
-    # ------------------------------------------------------------ compute accounting
-    def exit_costs(self) -> Tensor:
-        """Cumulative compute per generated token to reach and evaluate each exit (fraction).
-
-        Counted with FlopCounterMode on one decoding step at position ``context // 2`` (the
-        mean position of a full context), in eval mode. Exit t's cost is the embedding, layers
-        0..t, the exit heads 0..t (an early-exit run evaluates them all to decide) **and the
-        CALM K/V fills of layers t+1..L-1** that the skipped layers still need; the
-        denominator is a full-depth step with every exit head, so the last entry is 1.0.
-        """
-        return super().exit_costs()
-
-    def layer_fractions(self) -> Tensor:
-        """(T,) layers run to reach each exit, as a fraction of all layers: (t + 1) / L."""
-        return torch.arange(1, self.num_exits + 1, dtype=torch.float32) / self.num_exits
-
-    def _count_exit_flops(self) -> Tensor:
-        was_training = self.training
-        device = self.embed.weight.device
-        pos = self.context // 2
-        try:
-            self.eval()
-            with torch.no_grad():
-                cache = self.new_cache(1)
-                if pos:
-                    self.prefill(torch.zeros(1, pos, dtype=torch.int64, device=device),
-                                 torch.tensor([pos], device=device), cache)
-                ids, at = torch.zeros(1, dtype=torch.int64, device=device), torch.tensor([pos])
-                rows = torch.zeros(1, dtype=torch.int64, device=device)
-                per_layer, fill = [], []
-                with FlopCounterMode(display=False) as counter:
-                    h = self.embed_at(ids, at)
-                    stem = counter.get_total_flops()
-                    for layer in range(self.num_blocks):
-                        before = counter.get_total_flops()
-                        h = self.decode_layer(layer, h, cache, rows, at)
-                        self.exit_logits(h, layer)
-                        per_layer.append(counter.get_total_flops() - before)
-                        before = counter.get_total_flops()
-                        self.fill_kv(layer, h, cache, rows, at)
-                        fill.append(counter.get_total_flops() - before)
-        finally:
-            self.train(was_training)
-        layer_t = torch.tensor(per_layer, dtype=torch.float64)
-        fill_t = torch.tensor(fill, dtype=torch.float64)
-        reached = stem + layer_t.cumsum(0)
-        fills_after = fill_t.flip(0).cumsum(0).flip(0) - fill_t  # fills of layers t+1..L-1
-        return ((reached + fills_after) / reached[-1]).to(torch.float32)
-
-
-def check_token_ids(ids: Tensor, context: int) -> None:
-    """Raise :class:`DataError` for an empty sequence, one over ``context`` or ids outside [0, 256)."""
-    if ids.shape[-1] == 0:
-        raise DataError("empty token sequence: give at least one token (a non-empty prompt)")
-    if ids.shape[-1] > context:
-        raise DataError(f"sequence of {ids.shape[-1]} tokens is longer than the model's context of "
-                        f"{context}; shorten it (or train a model with a larger context)")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= VOCAB_SIZE):
-        bad = ids[(ids < 0) | (ids >= VOCAB_SIZE)][0].item()
-        raise DataError(f"unknown token id {bad}: this byte-level model knows ids 0..{VOCAB_SIZE - 1}"
-                        " only (encode text as UTF-8 bytes)")
+        def fill(h: Tensor, first_layer: Tensor, cache: KVCache, rows: Tensor,
+                 positions: Tensor) -> None:
+            start = int(first_layer.min())
+            z = F.layer_norm(h, (d,), eps=self.blocks[0].ln1.eps)  # (n, D), shared by every layer
+            kv = torch.addmm(bias[2 * d * start:], z, weight[:, 2 * d * start:])
+            kv = kv.view(len(h), n_layers - start, 2, attn.heads, attn.head_dim)
+            token, layer = (torch.arange(start, n_layers) >= first_layer[:, None]).nonzero(as_tuple=True)
+            cache.keys[layer + start, rows[token], :, positions[token]] = kv[token, layer, 0]
+            cache.values[layer + start, rows[token], :, positions[token]] = kv[token, layer, 1]
+        return fill
 
 
 @register_model

@@ -16,7 +16,7 @@ import torch
 from optdepth.data.source import BatchSource
 from optdepth.data.text import TextSplit, eval_windows
 from optdepth.models.base import MultiExitModel
-from optdepth.models.causal_lm import CausalLM
+from optdepth.models.decoder import DecoderLM
 from optdepth.offline.forward import forward_split
 from optdepth.stopping import fit_diminishing_returns
 from optdepth.traces import Traces, exit_features
@@ -63,7 +63,7 @@ def summarize(traces: Traces) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def collect_lm_traces(model: CausalLM, split: TextSplit, split_name: str = "test",
+def collect_lm_traces(model: DecoderLM, split: TextSplit, split_name: str = "test",
                       max_tokens: int | None = 8192, batch_size: int = 16) -> Traces:
     """Per-token exit traces on contiguous windows of ``split`` (one row per predicted token).
 
@@ -111,11 +111,11 @@ def exit_perplexity(traces: Traces) -> list[float]:
     return [float(x) for x in np.exp(-np.log(np.clip(p_true, 1e-12, None)).mean(axis=0))]
 
 
-def summarize_lm(traces: Traces, model: CausalLM) -> dict[str, Any]:
+def summarize_lm(traces: Traces, model: DecoderLM) -> dict[str, Any]:
     """:func:`summarize` plus per-exit perplexity and layer fractions.
 
     ``exit_accuracy`` is next-token accuracy; ``exit_compute`` the FLOP fraction per generated
-    token (CALM fills included, see :meth:`CausalLM.exit_costs`); ``exit_layers`` the plain
+    token (CALM fills included, see :meth:`DecoderLM.exit_costs`); ``exit_layers`` the plain
     fraction of layers run.
     """
     return {**summarize(traces), "perplexity": exit_perplexity(traces),

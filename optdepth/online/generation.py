@@ -1,15 +1,27 @@
-"""Text generation with a KV cache and per-token early exit for :class:`~optdepth.models.causal_lm.CausalLM`.
+"""Text generation with a KV cache for every :class:`~optdepth.models.decoder.DecoderLM`.
 
-:func:`generate` encodes the prompts (UTF-8 bytes), runs them through the model at full depth
-(prefill, writing the cache), then decodes one token per step for every prompt at once. With a
-``policy``, each new token runs the layers one by one; after layer t the exit's features are
-computed with the very function the offline traces use (:func:`optdepth.traces.step_features`)
-and the policy decides (``policy.stop_at(history, t)``) whether that token stops there. Tokens
-that stop leave the batch: no later layer runs for them. Their keys and values at the skipped
-layers, which later tokens attend to, come from the CALM fill
-(:meth:`~optdepth.models.causal_lm.CausalLM.fill_kv`: the exited state copied up, LayerNorm and
-K/V projection only). Without a policy every token runs every layer and only the last exit is
-evaluated: the plain full-depth decoder, the baseline of :func:`measure_decode_speedups`.
+Our byte-level :class:`~optdepth.models.causal_lm.CausalLM` and transformers LMs wrapped by
+:func:`optdepth.wrap` decode through the same code. :func:`generate` encodes the prompts, runs
+them through the model at full depth (prefill, writing the cache), then decodes every prompt
+at once in one of three modes:
+
+* **full depth** (no ``policy``, no ``draft_exit``): every token runs every layer and only the
+  last exit is evaluated: the plain decoder, the baseline of :func:`measure_decode_speedups`.
+* **per-token early exit** (``policy``): each new token runs the exits' segments one by one;
+  after exit t its features are computed with the very function the offline traces use
+  (:func:`optdepth.traces.step_features`) and the policy decides (``policy.stop_at(history,
+  t)``) whether the token stops there. Tokens that stop leave the batch: no later layer runs
+  for them. Their keys and values at the skipped layers, which later tokens attend to, come
+  from the CALM fill (the exited state copied up; the layer's norm and K/V projection only).
+* **self-speculative decoding** (``draft_exit``, as in LayerSkip): the first layers up to exit
+  ``draft_exit`` draft ``draft_tokens`` tokens greedily, one at a time; the remaining layers
+  then verify all of them in one pass over the drafted positions, reusing the draft's hidden
+  states and its cache entries of the first layers; each row keeps the longest prefix of
+  drafts that full-depth greedy decoding would have produced, plus the full model's own next
+  token. Greedy output is the full-depth greedy output, token for token (up to floating-point
+  ties: a k-token block and k single tokens round differently). Speculation trades FLOPs
+  (rejected drafts are wasted) for fewer, wider passes through the deep layers, which is where
+  a small-batch decoder spends its time.
 
 The first generated token of each prompt comes from the prefill, at full depth; so does its
 exit index (T - 1) in :class:`GenerationResult`.
@@ -30,7 +42,7 @@ from torch import Tensor
 
 from optdepth.errors import DataError
 from optdepth.models.base import per_sample_norm
-from optdepth.models.causal_lm import CausalLM, KVCache, check_token_ids
+from optdepth.models.decoder import DecodeCache, DecoderLM, check_token_ids
 from optdepth.online.engine import check_policy, model_source
 from optdepth.stopping import StoppingPolicy
 from optdepth.traces import FEATURES, step_features
@@ -38,25 +50,34 @@ from optdepth.traces import FEATURES, step_features
 log = logging.getLogger(__name__)
 
 Prompt = str | bytes | Sequence[int] | Tensor
+BYTE_VOCAB = 256  # a model with this vocabulary reads str prompts as UTF-8 bytes
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Generated tokens and the exit that produced each.
+    """Generated tokens, and what produced them.
 
     Attributes:
         tokens: (B, M) int64 generated token ids (M = max_new_tokens).
         exit_index: (B, M) int64 exit whose logits chose each token (T - 1 for the first,
-            which comes from the full-depth prefill).
+            which comes from the full-depth prefill, and for every token of full-depth and
+            self-speculative decoding, whose tokens are all full-depth predictions).
         compute: (B, M) float64 compute spent on the decoding step behind each token, as a
-            fraction of a full-depth step (``exit_costs[exit_index]``, CALM fills included).
+            fraction of a full-depth step (``exit_costs[exit_index]``, CALM fills included);
+            for self-speculative decoding see ``drafted`` and ``accepted`` instead.
         prompt_lengths: (B,) int64 prompt lengths in tokens.
+        drafted: (B,) int64 tokens drafted per row (self-speculative decoding; else None).
+        accepted: (B,) int64 drafted tokens the full model agreed with (else None).
+        rounds: (B,) int64 draft-and-verify rounds per row (else None).
     """
 
     tokens: np.ndarray
     exit_index: np.ndarray
     compute: np.ndarray
     prompt_lengths: np.ndarray
+    drafted: np.ndarray | None = None
+    accepted: np.ndarray | None = None
+    rounds: np.ndarray | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -69,15 +90,39 @@ class GenerationResult:
         steps = self.compute[:, 1:]
         return float(steps.mean()) if steps.size else 1.0
 
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Share of drafted tokens the full model accepted (self-speculative decoding only)."""
+        if self.drafted is None:
+            return None
+        return float(self.accepted.sum() / max(1, self.drafted.sum()))
 
-def encode_prompt(prompt: Prompt) -> list[int]:
-    """One prompt -> byte ids: a str is UTF-8 encoded; bytes and id sequences are taken as is.
+    @property
+    def tokens_per_round(self) -> float | None:
+        """Tokens emitted per verification pass (self-speculative decoding only)."""
+        if self.rounds is None:
+            return None
+        return float((self.tokens.shape[1] - 1) * len(self.tokens) / max(1, self.rounds.sum()))
+
+
+def encode_prompt(prompt: Prompt, vocab_size: int = BYTE_VOCAB, tokenizer: Any = None) -> list[int]:
+    """One prompt -> token ids.
+
+    A str is encoded by ``tokenizer`` (a transformers tokenizer), or as UTF-8 bytes by a model
+    with a 256-token vocabulary; bytes and id sequences are taken as they are.
 
     Raises:
-        DataError: an empty prompt or an id outside [0, 256) (the "unknown" tokens).
+        DataError: an empty prompt, an id outside [0, vocab_size) (the "unknown" tokens), a str
+            for a model without a byte vocabulary and no tokenizer.
     """
     if isinstance(prompt, str):
-        ids = list(prompt.encode("utf-8"))
+        if tokenizer is not None:
+            ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+        elif vocab_size == BYTE_VOCAB:
+            ids = list(prompt.encode("utf-8"))
+        else:
+            raise DataError(f"a text prompt needs the model's tokenizer (generate(...,"
+                            f" tokenizer=...)): this model has {vocab_size} tokens, not bytes")
     elif isinstance(prompt, bytes | bytearray):
         ids = list(prompt)
     elif isinstance(prompt, Tensor):
@@ -86,23 +131,36 @@ def encode_prompt(prompt: Prompt) -> list[int]:
         ids = list(prompt)
     if any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in ids):
         raise DataError("a prompt must be a str, bytes or a sequence of int token ids")
-    check_token_ids(torch.tensor(ids, dtype=torch.int64), 1 << 62)
+    check_token_ids(torch.tensor(ids, dtype=torch.int64), 1 << 62, vocab_size)
     return [int(i) for i in ids]
 
 
-def encode_prompts(prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
-    """One prompt or a batch of prompts -> a list of byte-id lists (see :func:`encode_prompt`)."""
+def encode_prompts(prompts: Prompt | Sequence[Prompt], vocab_size: int = BYTE_VOCAB,
+                   tokenizer: Any = None) -> list[list[int]]:
+    """One prompt or a batch of prompts (a list, or a (B, L) tensor) -> lists of token ids."""
     one = (isinstance(prompts, str | bytes | bytearray)
            or (isinstance(prompts, Tensor) and prompts.dim() <= 1)
            or (isinstance(prompts, Sequence) and len(prompts) > 0
                and all(isinstance(i, int | np.integer) for i in prompts)))
     if one:
-        return [encode_prompt(prompts)]
+        return [encode_prompt(prompts, vocab_size, tokenizer)]
     if isinstance(prompts, Tensor):
-        return [encode_prompt(row) for row in prompts]
+        return [encode_prompt(row, vocab_size, tokenizer) for row in prompts]
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise DataError("give at least one prompt (an empty prompt list or empty prompt)")
-    return [encode_prompt(p) for p in prompts]
+    return [encode_prompt(p, vocab_size, tokenizer) for p in prompts]
+
+
+def check_tokenizer(tokenizer: Any, model: DecoderLM) -> None:
+    """Raise :class:`DataError` unless the tokenizer's vocabulary fits the model's."""
+    if tokenizer is None:
+        return
+    if not callable(getattr(tokenizer, "encode", None)) or not hasattr(tokenizer, "__len__"):
+        raise DataError(f"tokenizer must be a transformers tokenizer (with encode() and len()),"
+                        f" got {type(tokenizer).__name__}")
+    if len(tokenizer) > model.num_classes:
+        raise DataError(f"the tokenizer's vocabulary ({len(tokenizer)} tokens) does not match the"
+                        f" model's ({model.num_classes}): it is another model's tokenizer")
 
 
 def _check_sampling(temperature: float | None, top_k: int | None, max_new_tokens: int) -> None:
@@ -113,6 +171,21 @@ def _check_sampling(temperature: float | None, top_k: int | None, max_new_tokens
                          "for greedy decoding")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+
+
+def _check_draft(model: DecoderLM, draft_exit: int, draft_tokens: int, policy: Any,
+                 temperature: float | None) -> None:
+    last = model.num_exits - 1
+    if isinstance(draft_exit, bool) or not isinstance(draft_exit, int) or not 0 <= draft_exit < last:
+        raise ValueError(f"draft_exit must be an exit index in [0, {last - 1}] (the last exit,"
+                         f" {last}, is the full model), got {draft_exit!r}")
+    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+        raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
+    if policy is not None:
+        raise ValueError("give a policy (per-token early exit) or a draft_exit (self-speculative"
+                         " decoding), not both")
+    if temperature is not None:
+        raise ValueError("self-speculative decoding is greedy here: leave temperature=None")
 
 
 def _choose(logits: Tensor, temperature: float | None, top_k: int | None,
@@ -130,28 +203,36 @@ def _choose(logits: Tensor, temperature: float | None, top_k: int | None,
 class _Decoder:
     """One decoding step for every row of a cache, at full depth or with per-token early exit."""
 
-    def __init__(self, model: CausalLM, policy: StoppingPolicy | None) -> None:
+    def __init__(self, model: DecoderLM, policy: StoppingPolicy | None) -> None:
         self.model, self.policy = model, policy
         self.costs = model.exit_costs().numpy()
         self.last = model.num_exits - 1
-        self.folded: tuple[Tensor, Tensor] | None = None  # fused CALM-fill weights, made once
+        self.filler = None  # fused CALM fills, made on the first exit
 
-    def step(self, ids: Tensor, cache: KVCache) -> tuple[Tensor, np.ndarray]:
-        """Feed (B,) tokens at each row's next position -> (B, 256) logits and (B,) exits."""
+    def step(self, ids: Tensor, cache: DecodeCache) -> tuple[Tensor, np.ndarray]:
+        """Feed (B,) tokens at each row's next position -> (B, V) logits and (B,) exits."""
         positions = cache.lengths.clone()
         bounds = int(positions.min()), int(positions.max())
-        h = self.model.embed_at(ids, positions)  # (B, D)
+        h = self.model.embed_at(ids[:, None], positions)  # (B, 1, D)
         if self.policy is None:
             for layer in range(self.model.num_blocks):
                 h = self.model.decode_layer(layer, h, cache, None, positions, bounds)
-            logits = self.model.exit_logits(h, self.last)
+            logits = self.model.exit_logits(h[:, 0], self.last)
             exits = np.full(len(ids), self.last, dtype=np.int64)
         else:
             logits, exits = self._early_exit(h, cache, positions, bounds)
         cache.lengths += 1
         return logits, exits
 
-    def _early_exit(self, h: Tensor, cache: KVCache, positions: Tensor,
+    def _segment(self, t: int, h: Tensor, cache: DecodeCache, rows: Tensor | None, at: Tensor,
+                 bounds: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
+        """Run exit t's layers: (k, 1, D) -> the state after them and before their last layer."""
+        before = h
+        for layer in self.model.segment_layers(t):
+            before, h = h, self.model.decode_layer(layer, h, cache, rows, at, bounds)
+        return h[:, 0], before[:, 0]
+
+    def _early_exit(self, h: Tensor, cache: DecodeCache, positions: Tensor,
                     bounds: tuple[int, int]) -> tuple[Tensor, np.ndarray]:
         n = h.shape[0]
         logits_out = h.new_empty(n, self.model.num_classes)
@@ -161,14 +242,15 @@ class _Decoder:
         previous, exited = None, []
         for t in range(self.model.num_exits):
             at = positions if rows is None else positions[rows]
-            new = self.model.decode_layer(t, h, cache, rows, at, bounds if rows is None else None)
+            new, before = self._segment(t, h, cache, rows, at, bounds if rows is None else None)
             logits = self.model.exit_logits(new, t)
             probs = logits.float().softmax(-1).numpy()  # (k, V) float32, as in the traces
-            relative = (per_sample_norm(new - h) / per_sample_norm(h).clamp_min(1e-12)).numpy()
+            relative = (per_sample_norm(new - before)
+                        / per_sample_norm(before).clamp_min(1e-12)).numpy()
             history[idx, t] = step_features(probs, previous, relative, self.costs[t])
             stop = (np.ones(len(idx), dtype=bool) if t == self.last
                     else np.asarray(self.policy.stop_at(history[idx, : t + 1], t), dtype=bool))
-            previous, h = probs.argmax(-1), new
+            previous, h = probs.argmax(-1), new[:, None]
             if not stop.any():
                 continue
             stopped = torch.from_numpy(np.flatnonzero(stop))
@@ -183,35 +265,99 @@ class _Decoder:
                 exited.append((t, rows_now[stopped], new[stopped]))
             keep = np.flatnonzero(~stop)
             idx, previous = idx[keep], previous[keep]
-            rows, h = torch.from_numpy(idx), new[torch.from_numpy(keep)]
+            rows, h = torch.from_numpy(idx), h[torch.from_numpy(keep)]
         self._fill(exited, cache, positions)
         return logits_out, exits
 
-    def _fill(self, exited: list[tuple[int, Tensor, Tensor]], cache: KVCache,
+    def _fill(self, exited: list[tuple[int, Tensor, Tensor]], cache: DecodeCache,
               positions: Tensor) -> None:
         """CALM: layers after a token's exit get keys/values from its exited state."""
         if not exited:
             return
-        if self.folded is None:
-            self.folded = self.model.folded_kv()
+        if self.filler is None:
+            self.filler = self.model.kv_filler()
         rows = torch.cat([r for _, r, _ in exited])
-        first = torch.cat([torch.full((len(r),), t + 1) for t, r, _ in exited])
-        self.model.fill_kv_from(torch.cat([h for _, _, h in exited]), first, cache, rows,
-                                positions[rows], self.folded)
+        first = torch.cat([torch.full((len(r),), self.model.exit_blocks[t] + 1)
+                           for t, r, _ in exited])
+        self.filler(torch.cat([h for _, _, h in exited]), first, cache, rows, positions[rows])
+
+
+class _Speculator:
+    """Self-speculative greedy decoding: draft from an early exit, verify with the rest."""
+
+    def __init__(self, model: DecoderLM, draft_exit: int, draft_tokens: int) -> None:
+        self.model, self.exit, self.k = model, draft_exit, draft_tokens
+        split = model.exit_blocks[draft_exit] + 1
+        self.draft_layers, self.verify_layers = range(split), range(split, model.num_blocks)
+
+    def run(self, first: Tensor, cache: DecodeCache, max_new: int) -> tuple[Tensor, ...]:
+        """Decode after the prefill's tokens ``first`` (B,) until each row has ``max_new``.
+
+        Returns:
+            tokens (B, max_new) and per-row drafted, accepted and rounds counts (B,).
+        """
+        b = len(first)
+        out = first.new_zeros(b, max_new + self.k)
+        out[:, 0] = first
+        emitted = torch.ones(b, dtype=torch.int64)
+        stats = torch.zeros(3, b, dtype=torch.int64)  # drafted, accepted, rounds
+        following = first.clone()  # the next token to feed, per row
+        while True:
+            active = torch.nonzero(emitted < max_new).flatten()
+            if not len(active):
+                return out[:, :max_new], stats[0], stats[1], stats[2]
+            rows = None if len(active) == b else active
+            start = cache.lengths[active].clone()
+            k = min(self.k, self.model.context - int(start.max()))  # room left in the context
+            full, drafts = self._round(following[active], cache, rows, start, k)
+            match = (full == drafts).to(torch.int64).cumprod(1).sum(1)  # (n,) accepted drafts
+            keep = torch.minimum(match + 1, torch.full_like(match, k))  # tokens emitted now
+            for i, row in enumerate(active.tolist()):  # n rows: a Python loop is cheap here
+                out[row, emitted[row]:emitted[row] + keep[i]] = full[i, :keep[i]]
+            emitted[active] += keep
+            cache.lengths[active] = start + keep
+            following[active] = full[torch.arange(len(active)), keep - 1]
+            stats[:, active] += torch.stack([torch.full_like(match, k), match,
+                                             torch.ones_like(match)])
+
+    def _round(self, token: Tensor, cache: DecodeCache, rows: Tensor | None, start: Tensor,
+               k: int) -> tuple[Tensor, Tensor]:
+        """Draft k tokens after ``token`` (n,), verify them -> full-depth (n, k) and drafts (n, k)."""
+        model, bounds = self.model, (int(start.min()), int(start.max()))
+        states, drafts = [], []
+        for i in range(k):
+            h = model.embed_at(token[:, None], start + i)
+            for layer in self.draft_layers:
+                h = model.decode_layer(layer, h, cache, rows, start + i,
+                                       (bounds[0] + i, bounds[1] + i))
+            states.append(h)
+            token = model.exit_logits(h[:, 0], self.exit).argmax(-1)
+            drafts.append(token)
+        h = torch.cat(states, dim=1)  # (n, k, D): the verification reuses the draft's states
+        for layer in self.verify_layers:
+            h = model.decode_layer(layer, h, cache, rows, start, bounds)
+        return model.exit_logits(h, model.num_exits - 1).argmax(-1), torch.stack(drafts, 1)
 
 
 @torch.inference_mode()
-def generate(model: CausalLM, prompts: Prompt | Sequence[Prompt], max_new_tokens: int, *,
-             policy: StoppingPolicy | None = None, temperature: float | None = None,
+def generate(model: DecoderLM, prompts: Prompt | Sequence[Prompt], max_new_tokens: int, *,
+             policy: StoppingPolicy | None = None, draft_exit: int | None = None,
+             draft_tokens: int = 4, tokenizer: Any = None, temperature: float | None = None,
              top_k: int | None = None, seed: int | None = None) -> GenerationResult:
-    """Generate ``max_new_tokens`` bytes after each prompt, with a KV cache.
+    """Generate ``max_new_tokens`` tokens after each prompt, with a KV cache.
 
     Args:
-        model: a :class:`CausalLM` (run in eval mode; its mode is restored).
-        prompts: a str (UTF-8 encoded), bytes or int ids, or a list of them (a batch).
+        model: a :class:`~optdepth.models.decoder.DecoderLM`: ``create_model("lm")``, or a
+            transformers causal LM wrapped by :func:`optdepth.wrap` (run in eval mode; its mode
+            is restored).
+        prompts: a str, bytes or int ids, a list of them, or a (B, L) tensor of ids (a batch).
         max_new_tokens: tokens to generate per prompt (prompt + new tokens - 1 must fit in
             the model's context).
-        policy: early-exit policy fitted on this model's traces (None: full depth).
+        policy: per-token early exit with this policy, fitted on this model's traces.
+        draft_exit: self-speculative decoding, drafting from this exit (greedy only).
+        draft_tokens: tokens drafted per verification pass.
+        tokenizer: the model's transformers tokenizer, for str prompts to a model whose
+            vocabulary is not bytes.
         temperature: None for greedy decoding, else sample at this temperature (> 0).
         top_k: sample from the k most likely tokens only (None: all).
         seed: seed of the sampler.
@@ -220,13 +366,19 @@ def generate(model: CausalLM, prompts: Prompt | Sequence[Prompt], max_new_tokens
         :class:`GenerationResult`.
 
     Raises:
-        DataError: empty prompt, unknown token id, or prompt + new tokens over the context.
-        ValueError: temperature <= 0, bad top_k or max_new_tokens, a policy of another model.
+        DataError: empty prompt, unknown token id, prompt + new tokens over the context, a
+            tokenizer of another vocabulary.
+        ValueError: temperature <= 0, bad top_k, max_new_tokens, draft_exit or draft_tokens,
+            a policy of another model, both a policy and a draft exit.
     """
-    if not isinstance(model, CausalLM):
-        raise ValueError(f"generate needs a CausalLM (create_model('lm')), got {type(model).__name__}")
+    if not isinstance(model, DecoderLM):
+        raise ValueError(f"generate needs a causal LM (create_model('lm') or optdepth.wrap of a"
+                         f" transformers causal LM), got {type(model).__name__}")
     _check_sampling(temperature, top_k, max_new_tokens)
-    encoded = encode_prompts(prompts)
+    if draft_exit is not None:
+        _check_draft(model, draft_exit, draft_tokens, policy, temperature)
+    check_tokenizer(tokenizer, model)
+    encoded = encode_prompts(prompts, model.num_classes, tokenizer)
     lengths = torch.tensor([len(p) for p in encoded], dtype=torch.int64)
     if int(lengths.max()) + max_new_tokens - 1 > model.context:
         raise DataError(f"a prompt of {int(lengths.max())} tokens plus {max_new_tokens} new tokens "
@@ -238,32 +390,53 @@ def generate(model: CausalLM, prompts: Prompt | Sequence[Prompt], max_new_tokens
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, encoded, lengths, max_new_tokens, _Decoder(model, policy),
+        cache, first = _prefill(model, encoded, lengths, (temperature, top_k, generator))
+        if draft_exit is not None:
+            return _speculate(model, cache, first, lengths, max_new_tokens,
+                              _Speculator(model, draft_exit, draft_tokens))
+        return _generate(model, cache, first, lengths, max_new_tokens, _Decoder(model, policy),
                          (temperature, top_k, generator))
     finally:
         model.train(was_training)
 
 
-def _generate(model: CausalLM, encoded: list[list[int]], lengths: Tensor, max_new: int,
-              decoder: _Decoder, sampling: tuple[Any, ...]) -> GenerationResult:
+def _prefill(model: DecoderLM, encoded: list[list[int]], lengths: Tensor,
+             sampling: tuple[Any, ...]) -> tuple[DecodeCache, Tensor]:
+    """Right-padded prompts through the model: the filled cache and each row's first token."""
+    device = next(model.parameters()).device
     ids = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.int64)
     for b, p in enumerate(encoded):
         ids[b, : len(p)] = torch.tensor(p)
     cache = model.new_cache(len(encoded))
-    token = _choose(model.prefill(ids, lengths, cache), *sampling)
-    tokens, exits = [token], [np.full(len(encoded), model.num_exits - 1, dtype=np.int64)]
+    logits = model.prefill(ids.to(device), lengths.to(device), cache)
+    return cache, _choose(logits, *sampling)
+
+
+def _generate(model: DecoderLM, cache: DecodeCache, token: Tensor, lengths: Tensor, max_new: int,
+              decoder: _Decoder, sampling: tuple[Any, ...]) -> GenerationResult:
+    tokens, exits = [token], [np.full(len(token), model.num_exits - 1, dtype=np.int64)]
     for _ in range(max_new - 1):
         logits, exit_index = decoder.step(token, cache)
         token = _choose(logits, *sampling)
         tokens.append(token)
         exits.append(exit_index)
     exit_index = np.stack(exits, axis=1)
-    return GenerationResult(torch.stack(tokens, dim=1).numpy().astype(np.int64), exit_index,
+    return GenerationResult(torch.stack(tokens, dim=1).cpu().numpy().astype(np.int64), exit_index,
                             decoder.costs.astype(np.float64)[exit_index], lengths.numpy())
 
 
+def _speculate(model: DecoderLM, cache: DecodeCache, first: Tensor, lengths: Tensor,
+               max_new: int, speculator: _Speculator) -> GenerationResult:
+    tokens, drafted, accepted, rounds = speculator.run(first, cache, max_new)
+    shape = tokens.shape
+    return GenerationResult(tokens.cpu().numpy().astype(np.int64),
+                            np.full(shape, model.num_exits - 1, dtype=np.int64),
+                            np.ones(shape, dtype=np.float64), lengths.numpy(),
+                            drafted.numpy(), accepted.numpy(), rounds.numpy())
+
+
 @torch.inference_mode()
-def teacher_forced_decode(model: CausalLM, inputs: Tensor, policy: StoppingPolicy | None = None,
+def teacher_forced_decode(model: DecoderLM, inputs: Tensor, policy: StoppingPolicy | None = None,
                           batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Predict every next token of ``inputs`` with the cached decoder, feeding the true tokens.
 
@@ -283,64 +456,80 @@ def teacher_forced_decode(model: CausalLM, inputs: Tensor, policy: StoppingPolic
     if policy is not None:
         check_policy(policy, model_source(model), "the language model")
     decoder, last = _Decoder(model, policy), model.num_exits - 1
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     preds, exits = [], []
     try:
         for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
+            batch = inputs[start:start + batch_size].to(device)
             cache = model.new_cache(len(batch))
-            logits = model.prefill(batch[:, :1], torch.ones(len(batch), dtype=torch.int64), cache)
+            logits = model.prefill(batch[:, :1], torch.ones(len(batch), dtype=torch.int64,
+                                                            device=device), cache)
             step_preds, step_exits = [logits.argmax(-1)], [np.full(len(batch), last)]
             for s in range(1, batch.shape[1]):
                 logits, exit_index = decoder.step(batch[:, s], cache)
                 step_preds.append(logits.argmax(-1))
                 step_exits.append(exit_index)
-            preds.append(torch.stack(step_preds, 1).numpy())
+            preds.append(torch.stack(step_preds, 1).cpu().numpy())
             exits.append(np.stack(step_exits, 1))
     finally:
         model.train(was_training)
     return np.concatenate(preds).astype(np.int64), np.concatenate(exits).astype(np.int64)
 
 
-def measure_decode_speedups(model: CausalLM, policies: Mapping[str, StoppingPolicy],
-                            prompts: Sequence[Prompt], max_new_tokens: int,
+def measure_decode_speedups(model: DecoderLM, prompts: Sequence[Prompt], max_new_tokens: int, *,
+                            policies: Mapping[str, StoppingPolicy] | None = None,
+                            drafts: Mapping[str, tuple[int, int]] | None = None,
                             repeats: int = 5) -> dict[str, dict[str, Any]]:
-    """Greedy decoding time at full depth against early exit under each policy, interleaved.
+    """Greedy decoding time at full depth against early exit and self-speculative decoding.
 
     Each side runs once untimed, then the sides run in turn ``repeats`` times (full depth,
-    policy 1, policy 2, ...); a policy's speed-up is the median over rounds of full-depth time
-    over its time in the same round.
+    side 1, side 2, ...); a side's speed-up is the median over rounds of full-depth time over
+    its time in the same round.
+
+    Args:
+        policies: name -> per-token early-exit policy.
+        drafts: name -> (draft_exit, draft_tokens) for self-speculative decoding.
 
     Returns:
         name -> ``decode_speedup``, ``tokens_per_s`` and ``full_depth_tokens_per_s`` (medians),
-        ``mean_compute`` (early-exit steps), ``same_tokens_fraction`` (share of generated tokens
-        equal to full depth's), ``threads``, ``repeats``, ``batch_size``, ``max_new_tokens``.
+        ``same_tokens_fraction`` (share of generated tokens equal to full depth's),
+        ``threads``, ``repeats``, ``batch_size``, ``max_new_tokens``; policies add
+        ``mean_compute`` (early-exit steps), drafts ``acceptance_rate``, ``tokens_per_round``,
+        ``draft_exit`` and ``draft_tokens``.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    sides = {"full_depth": None, **policies}
-    results = {name: generate(model, prompts, max_new_tokens, policy=p) for name, p in sides.items()}
+    sides: dict[str, dict[str, Any]] = {"full_depth": {}}
+    sides.update({name: {"policy": p} for name, p in (policies or {}).items()})
+    sides.update({name: {"draft_exit": e, "draft_tokens": k} for name, (e, k) in (drafts or {}).items()})
+    results = {name: generate(model, prompts, max_new_tokens, **kw) for name, kw in sides.items()}
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        for name, p in sides.items():
+        for name, kw in sides.items():
             start = time.perf_counter()
-            generate(model, prompts, max_new_tokens, policy=p)
+            generate(model, prompts, max_new_tokens, **kw)
             times[name].append(time.perf_counter() - start)
-    n_tokens = results["full_depth"].tokens.size
-    full = results["full_depth"]
+    full = results.pop("full_depth")
     out = {}
-    for name in policies:
+    for name, result in results.items():
         ratio = statistics.median(a / b for a, b in zip(times["full_depth"], times[name], strict=True))
-        out[name] = {"decode_speedup": ratio,
-                     "tokens_per_s": n_tokens / statistics.median(times[name]),
-                     "full_depth_tokens_per_s": n_tokens / statistics.median(times["full_depth"]),
-                     "mean_compute": results[name].mean_compute,
-                     "same_tokens_fraction": float((results[name].tokens == full.tokens).mean()),
-                     "threads": torch.get_num_threads(), "repeats": repeats,
-                     "batch_size": len(full.tokens), "max_new_tokens": max_new_tokens}
-        log.info("%s: decode speed-up %.2fx (mean compute %.3f, %d threads)", name, ratio,
-                 out[name]["mean_compute"], out[name]["threads"])
+        record = {"decode_speedup": ratio,
+                  "tokens_per_s": full.tokens.size / statistics.median(times[name]),
+                  "full_depth_tokens_per_s": full.tokens.size / statistics.median(times["full_depth"]),
+                  "same_tokens_fraction": float((result.tokens == full.tokens).mean()),
+                  "threads": torch.get_num_threads(), "repeats": repeats,
+                  "batch_size": len(full.tokens), "max_new_tokens": max_new_tokens}
+        if result.drafted is None:
+            record["mean_compute"] = result.mean_compute
+        else:
+            record.update(acceptance_rate=result.acceptance_rate,
+                          tokens_per_round=result.tokens_per_round,
+                          draft_exit=sides[name]["draft_exit"],
+                          draft_tokens=sides[name]["draft_tokens"])
+        out[name] = record
+        log.info("%s: decode speed-up %.2fx (%d threads)", name, ratio, record["threads"])
     return out
 
 

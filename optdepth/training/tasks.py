@@ -28,7 +28,7 @@ from optdepth.data.source import SplitDataset, load_run_dataset
 from optdepth.data.text import TextCorpus, load_text_corpus, random_windows
 from optdepth.errors import ConfigError
 from optdepth.models.base import MultiExitModel
-from optdepth.models.causal_lm import CausalLM
+from optdepth.models.decoder import DecoderLM
 from optdepth.models.registry import DATA_ARGUMENTS, create_model
 from optdepth.offline.collect import collect_lm_traces, summarize_lm
 from optdepth.offline.forward import forward_split
@@ -133,9 +133,9 @@ class NextTokenPrediction:
 
     def build_model(self, load_weights: bool) -> MultiExitModel:
         model = create_model(self.config.model, **self.config.model_kwargs)
-        if not isinstance(model, CausalLM):
+        if not isinstance(model, DecoderLM):
             raise ConfigError(f"model {self.config.model!r} is not a causal language model;"
-                              " use 'lm' (or train image models with TrainConfig)")
+                              " use 'lm' or 'hf-gpt2' (or train image models with TrainConfig)")
         self.context = model.context
         return model
 

@@ -5,10 +5,10 @@ module (its weights are shared, not copied), so L_depth training, exit traces, e
 the early-exit engine and the reports work on it unchanged. The last exit is the model's own
 head: a wrapped model at full depth computes exactly what the original computes.
 
-* :mod:`optdepth.wrap.language`: transformers causal LMs (GPT-2, Llama, Qwen2 families and any
+* :mod:`optdepth.wrappers.language`: transformers causal LMs (GPT-2, Llama, Qwen2 families and any
   decoder whose layers are a ModuleList with the usual final norm and LM head). Per-token
   early exit, a KV cache on transformers' Cache API with CALM fills, self-speculative decoding.
-* :mod:`optdepth.wrap.vision`: timm and torchvision ResNets (stages or blocks), ViTs (blocks)
+* :mod:`optdepth.wrappers.vision`: timm and torchvision ResNets (stages or blocks), ViTs (blocks)
   and ConvNeXts (stages), with pooled linear exit heads.
 """
 
@@ -50,11 +50,11 @@ def wrap(model: nn.Module, exits: ExitSpec | None = None, head: str = "shared", 
         raise ConfigError(f"{type(model).__name__} is already a multi-exit model; use it as is")
     if not isinstance(train_backbone, bool):
         raise ConfigError(f"train_backbone must be True or False, got {train_backbone!r}")
-    from optdepth.wrap import language
+    from optdepth.wrappers import language
     if language.is_causal_lm(model):
         return language.wrap_causal_lm(model, exits, head, layers=layers,
                                        train_backbone=train_backbone)
-    from optdepth.wrap import vision
+    from optdepth.wrappers import vision
     return vision.wrap_vision(model, exits, head, layers=layers, train_backbone=train_backbone)
 
 

@@ -230,7 +230,7 @@ def load_model(path: str | Path, expected_arch: str | None = None,
 
     For a run directory, the checkpoint must hold the model its ``config.json`` names, with
     the architecture arguments given there (``model_kwargs``). ``model_type`` is the kind of
-    model the caller can use (:class:`~optdepth.models.causal_lm.CausalLM` for decoding).
+    model the caller can use (:class:`~optdepth.models.decoder.DecoderLM` for decoding).
 
     Raises:
         CheckpointError: unreadable or malformed checkpoint, one that belongs to another run,

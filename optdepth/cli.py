@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=N -m optdepth train ...     the same on N processes (DDP); the
                                                           --batch-size is global
     optdepth demo --out DIR [--model vit] [--quick]       baseline vs L_depth, report.md
+    optdepth demo --model hf-gpt2 --out DIR               the same on transformers' GPT-2
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ log = logging.getLogger("optdepth")
 
 # flag -> (TrainConfig field, type, help)
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--model": ("model", str, "registered model name (default resnet20; lm, lm_small, lm_tiny:"
-                " the causal LM, trained on --text)"),
+    "--model": ("model", str, "registered model name (default resnet20; lm, lm_small, lm_tiny,"
+                " hf-gpt2: causal LMs, trained on --text)"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "global batch size (split evenly across torchrun processes)"),
     "--optimizer": ("optimizer", str, "sgd (default) | adamw"),
@@ -106,7 +107,10 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--model", default="resnet20",
-                   help="resnet20 (default), vit or another registered image model; lm: the causal LM")
+                   help="resnet20 (default), vit or another registered image model; lm: the causal"
+                   " LM; hf-gpt2: transformers' GPT-2 with exits (needs optdepth[hf])")
+    p.add_argument("--weights", help="hf-gpt2: the user's GPT-2 weights (.safetensors or a state"
+                   " dict; the exits train on the frozen model instead of training it from scratch)")
     p.add_argument("--text", nargs="+", metavar="PATH",
                    help="lm demo: text files or folders (default: the Python standard library)")
     p.add_argument("--no-progress", action="store_true")
@@ -172,17 +176,18 @@ def _wants_lm(args: argparse.Namespace) -> bool:
     (on --resume) the run's stored config."""
     from pathlib import Path
 
+    from optdepth.models.registry import is_language_model
     from optdepth.training.config import read_settings
 
     if args.model is not None:
-        return args.model.startswith("lm")
+        return is_language_model(args.model)
     if args.text or args.steps_per_epoch is not None:
         return True
     stored = Path(args.out) / "config.json" if args.resume else args.config
     if stored is None or not Path(stored).is_file():
         return False
     settings = read_settings(stored)
-    return "steps_per_epoch" in settings or str(settings.get("model", "")).startswith("lm")
+    return "steps_per_epoch" in settings or is_language_model(str(settings.get("model", "")))
 
 
 def _exits(text: str | None) -> str | int | None:
@@ -208,7 +213,8 @@ def _cmd_lm_demo(args: argparse.Namespace) -> None:
     metrics = run_lm_demo(args.out, schedule=schedule,
                           beta=DEFAULT_BETA if args.beta is None else args.beta,
                           epochs=args.epochs, text=args.text or args.data_dir and [args.data_dir],
-                          threads=args.threads, progress=not args.no_progress, model=args.model)
+                          threads=args.threads, progress=not args.no_progress, model=args.model,
+                          weights=args.weights)
     for name, net in metrics["nets"].items():
         log.info("%-8s last exit: next-token accuracy %.2f%%, perplexity %.3f", name,
                  100 * net["exit_accuracy"][-1], net["perplexity"][-1])
@@ -217,10 +223,13 @@ def _cmd_lm_demo(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from optdepth.experiments.image_demo import run_demo
+    from optdepth.models.registry import is_language_model
 
-    if args.model.startswith("lm"):  # the causal LM demo (lm, lm_small, lm_tiny)
+    if is_language_model(args.model):  # the causal LM demo (lm, lm_small, lm_tiny, hf-gpt2)
         _cmd_lm_demo(args)
         return
+    if args.weights is not None:
+        raise ConfigError("--weights applies to --model hf-gpt2 (the user's GPT-2 weights)")
     schedule = "quick" if args.quick else "full" if args.full else "demo"
     metrics = run_demo(args.out, model=args.model, schedule=schedule, beta=args.beta, epochs=args.epochs,
                        data_dir=args.data_dir, threads=args.threads,

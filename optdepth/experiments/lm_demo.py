@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optdepth.data.text import TextCorpus, eval_windows, load_text_corpus, spread_prompts
+from optdepth.data.text import TextCorpus, TextSplit, eval_windows, load_text_corpus, spread_prompts
 from optdepth.experiments.pipeline import net_metrics, policy_suite, train_and_evaluate, write_outputs
+from optdepth.models.decoder import DecoderLM
 from optdepth.offline.evaluate import RunEvaluation
 from optdepth.offline.exit_policies import ExitPolicy
-from optdepth.online.generation import measure_decode_speedups, teacher_forced_decode
+from optdepth.online.generation import generate, measure_decode_speedups, teacher_forced_decode
 from optdepth.registry import Registry
 from optdepth.reports.environment import environment
 from optdepth.reports.lm_report import write_lm_report
@@ -70,25 +71,71 @@ SCHEDULES: Registry[LMDemoSchedule] = Registry("schedule", {
     "full": LMDemoSchedule("full", epochs=10, steps_per_epoch=300, eval_tokens=16384),
 })
 DEFAULT_BETA = 0.5
+#: Draft lengths tried for self-speculative decoding.
+DRAFT_TOKENS = (2, 4, 8)
 
 
 def lm_demo_configs(schedule: LMDemoSchedule, beta: float, text: list[str] | None,
-                    threads: int | None, model: str = "lm") -> dict[str, LMTrainConfig]:
-    """The two LMs: identical but for β (0 for the baseline)."""
-    base = LMTrainConfig(model=model, epochs=schedule.epochs,
+                    threads: int | None, model: str = "lm",
+                    weights: str | None = None) -> dict[str, LMTrainConfig]:
+    """The two LMs: identical but for β (0 for the baseline).
+
+    With the user's ``weights`` (hf-gpt2) the backbone is frozen and per-exit adapters train.
+    """
+    kwargs = {} if weights is None else {"weights_path": str(weights), "head": "adapter"}
+    base = LMTrainConfig(model=model, model_kwargs=kwargs, epochs=schedule.epochs,
                          steps_per_epoch=schedule.steps_per_epoch, batch_size=schedule.batch_size,
                          text=None if text is None else tuple(text), threads=threads,
                          eval_tokens=min(schedule.eval_tokens, 8192))
     return {"baseline": base.replace(beta=0.0), "ldepth": base.replace(beta=beta)}
 
 
-def _decode_prompts(corpus: TextCorpus, plan: LMDemoSchedule,
+def _decode_prompts(split: TextSplit, plan: LMDemoSchedule,
                     context: int) -> tuple[list[list[int]], int]:
-    """The timed prompts (spread over the test split) and the number of tokens to generate,
+    """The timed prompts (spread over ``split``) and the number of tokens to generate,
     shortened if needed to fit the model's context."""
     length = min(plan.prompt_bytes, context // 4)
-    prompts = spread_prompts(corpus.test, plan.decode_prompts, length)
+    prompts = spread_prompts(split, plan.decode_prompts, length)
     return prompts, min(plan.decode_tokens, context - len(prompts[0]) + 1)
+
+
+def choose_draft(model: DecoderLM, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+    """The fastest (draft exit, draft tokens) of self-speculative decoding on one prompt.
+
+    Every exit but the last and DRAFT_TOKENS drafts per pass are timed once each (after one
+    untimed run) at batch 1; the demo calls this on a calibration prompt, so that the test
+    prompts it then measures on did not choose it.
+
+    Returns:
+        ``draft_exit``, ``draft_tokens`` and ``seconds`` ({"exit/tokens": seconds}).
+    """
+    seconds = {}
+    for exit_index in range(model.num_exits - 1):
+        for tokens in DRAFT_TOKENS:
+            generate(model, [prompt], new_tokens, draft_exit=exit_index, draft_tokens=tokens)
+            start = time.perf_counter()
+            generate(model, [prompt], new_tokens, draft_exit=exit_index, draft_tokens=tokens)
+            seconds[f"{exit_index}/{tokens}"] = time.perf_counter() - start
+    best = min(seconds, key=seconds.get)
+    exit_index, tokens = map(int, best.split("/"))
+    return {"draft_exit": exit_index, "draft_tokens": tokens, "seconds": seconds}
+
+
+def speculative_metrics(model: DecoderLM, corpus: TextCorpus, plan: LMDemoSchedule) -> dict[str, Any]:
+    """Self-speculative decoding against full depth, at batch 1 and with every prompt batched.
+
+    The draft is chosen on a calibration prompt (:func:`choose_draft`) and measured on the test
+    prompts, interleaved with full-depth decoding (:func:`measure_decode_speedups`).
+    """
+    calibration, _ = _decode_prompts(corpus.calibration, plan, model.context)
+    prompts, new_tokens = _decode_prompts(corpus.test, plan, model.context)
+    choice = choose_draft(model, calibration[0], new_tokens)
+    draft = {"speculative": (choice["draft_exit"], choice["draft_tokens"])}
+    batches = sorted({1, len(prompts)})
+    timed = {f"batch_{b}": measure_decode_speedups(model, prompts[:b], new_tokens, drafts=draft,
+                                                   repeats=plan.timing_repeats)["speculative"]
+             for b in batches}
+    return {**choice, "draft_layers": model.exit_blocks[choice["draft_exit"]] + 1, **timed}
 
 
 def lm_policy_metrics(evaluation: RunEvaluation, corpus: TextCorpus, plan: LMDemoSchedule,
@@ -104,7 +151,7 @@ def lm_policy_metrics(evaluation: RunEvaluation, corpus: TextCorpus, plan: LMDem
     model = evaluation.model
 
     def timer(fitted: dict[str, ExitPolicy]) -> dict[str, dict[str, Any]]:
-        return measure_decode_speedups(model, *_decode_prompts(corpus, plan, model.context),
+        return measure_decode_speedups(model, *_decode_prompts(corpus.test, plan, model.context),
                                        policies=fitted, repeats=plan.timing_repeats)
 
     suite = policy_suite(evaluation, timer)
@@ -127,7 +174,7 @@ def lm_policy_metrics(evaluation: RunEvaluation, corpus: TextCorpus, plan: LMDem
 def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAULT_BETA,
                 epochs: int | None = None, text: list[str] | None = None,
                 threads: int | None = None, progress: bool = True,
-                model: str = "lm") -> dict[str, Any]:
+                model: str = "lm", weights: str | None = None) -> dict[str, Any]:
     """Train, evaluate and report both demo LMs; return the metrics written to metrics.json.
 
     Args:
@@ -137,12 +184,15 @@ def run_lm_demo(out: str | Path, *, schedule: str = "demo", beta: float = DEFAUL
         epochs: override the schedule's epochs.
         text: text files or folders (None: the Python standard library's sources).
         threads, progress: as for training.
-        model: a registered causal LM (``lm``, ``lm_small``; ``lm_tiny`` for smoke tests).
+        model: a registered causal LM (``lm``, ``lm_small``; ``lm_tiny`` for smoke tests;
+            ``hf-gpt2``: transformers' GPT-2 with exits).
+        weights: the user's weights for ``hf-gpt2`` (safetensors or a state dict): the exits
+            train on the frozen model instead of training it from scratch.
     """
     out, start = Path(out), time.perf_counter()
     plan = SCHEDULES[schedule] if epochs is None else dataclasses.replace(SCHEDULES[schedule],
                                                                           epochs=epochs)
-    configs = lm_demo_configs(plan, beta, text, threads, model)
+    configs = lm_demo_configs(plan, beta, text, threads, model, weights)
     with write_lock(out, "lm-demo"):
         corpus = load_text_corpus(text)
         write_marker(out, "lm-demo")
@@ -160,6 +210,8 @@ def _train_and_report(out: Path, model: str, plan: LMDemoSchedule,
         nets[name] = net_metrics(evaluation.summary)
         log.info("fitting exit policies and timing early-exit decoding for %s", name)
         nets[name].update(lm_policy_metrics(evaluation, corpus, plan, nets[name]))
+        log.info("choosing and timing self-speculative decoding for %s", name)
+        nets[name]["speculative"] = speculative_metrics(evaluation.model, corpus, plan)
     lm = evaluation.model
     metrics = {"nets": nets, "schedule": {**dataclasses.asdict(plan), "beta": configs["ldepth"].beta},
                "model": {"name": model, "context": lm.context, "layers": lm.num_blocks,

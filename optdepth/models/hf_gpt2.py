@@ -31,13 +31,13 @@ def hf_gpt2(dim: int = 128, layers: int = 6, heads: int = 4, context: int = 128,
     """
     from optdepth.wrappers import wrap
     from optdepth.wrappers.language import gpt2_config, transformers_module
-    from optdepth.wrappers.weights import load_weights
 
     check_positive_ints(dim=dim, layers=layers, heads=heads, context=context, vocab_size=vocab_size)
     if dim % heads:
         raise ConfigError(f"heads ({heads}) must divide dim ({dim})")
     lm = transformers_module().GPT2LMHeadModel(gpt2_config(dim, layers, heads, context, vocab_size))
     if weights_path is not None:
+        from optdepth.wrappers.weights import load_weights
         load_weights(lm, weights_path)
     backbone = weights_path is None if train_backbone is None else train_backbone
     return wrap(lm, exits, head, train_backbone=backbone)

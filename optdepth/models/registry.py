@@ -20,6 +20,11 @@ def register_model(fn: Callable[..., MultiExitModel]) -> Callable[..., MultiExit
     return MODELS.register(fn)
 
 
+def is_language_model(name: str) -> bool:
+    """Whether a registered name is a causal LM (trained on text): ``lm*`` and ``hf-*`` names."""
+    return isinstance(name, str) and (name.startswith("lm") or name.startswith("hf-"))
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
     return MODELS.names()

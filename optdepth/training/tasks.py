@@ -132,7 +132,10 @@ class NextTokenPrediction:
                             f" got {type(data).__name__}")
 
     def build_model(self, load_weights: bool) -> MultiExitModel:
-        model = create_model(self.config.model, **self.config.model_kwargs)
+        kwargs = dict(self.config.model_kwargs)
+        if not load_weights:  # resuming: the checkpoint holds the weights
+            kwargs.pop("weights_path", None)
+        model = create_model(self.config.model, **kwargs)
         if not isinstance(model, DecoderLM):
             raise ConfigError(f"model {self.config.model!r} is not a causal language model;"
                               " use 'lm' or 'hf-gpt2' (or train image models with TrainConfig)")

@@ -255,7 +255,7 @@ class WrappedCausalLM(DecoderLM):
         self.num_classes = parts.head.weight.shape[0]
         config = lm.config
         self.context = int(getattr(config, "n_positions", None)
-                           or getattr(config, "max_position_embeddings"))
+                           or config.max_position_embeddings)
         self.input_shape = (self.context,)
         self.dim = parts.embed.weight.shape[1]
         self.adapters = (nn.ModuleList(_Adapter(self.dim) for _ in range(self.num_exits - 1))

@@ -60,7 +60,8 @@ def write_lm_report(metrics: dict[str, Any], path: Path) -> None:
     lines = [
         "# optdepth language-model demo report", "",
         f"Multi-exit byte-level causal LM `{model['name']}` (D = {model['dim']},"
-        f" {model['layers']} layers, context {model['context']}) on `{metrics['corpus']['source']}`, split by file"
+        f" {model['layers']} layers, context {model['context']}) on"
+        f" `{metrics['corpus']['source']}`, split by file"
         f" ({metrics['corpus']['train_bytes']:,} / {metrics['corpus']['calibration_bytes']:,} /"
         f" {metrics['corpus']['test_bytes']:,} bytes), `{sched['name']}` schedule:"
         f" {sched['epochs']} x {sched['steps_per_epoch']} AdamW steps of {sched['batch_size']}"

@@ -73,12 +73,17 @@ def build_optimizer(model: MultiExitModel, config: RunConfig) -> torch.optim.Opt
 
     AdamW decays only weight matrices and kernels: norms and biases are left alone, as is usual
     for Transformers, since decaying them shrinks scales and offsets rather than limiting capacity.
+    Frozen parameters (a wrapped model's backbone) are left out.
     """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("the model has nothing to train: its backbone is frozen and its exits"
+                          " share the backbone's head; give head='adapter' (or train the backbone)")
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    plain = [p for p in model.parameters() if p.ndim <= 1]
+    decay = [p for p in trainable if p.ndim > 1]
+    plain = [p for p in trainable if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": plain, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, config.adam_beta2))

@@ -1,4 +1,4 @@
-"""Greedy decoding with per-token early exit (CALM fills) against full depth, on a trained LM.
+"""Greedy decoding with per-token early exit and self-speculative decoding against full depth.
 
 For each LM run directory (``optdepth demo --model lm`` writes ``DIR/runs/{baseline,ldepth}``)
 the script traces the calibration and test splits, fits every exit policy on calibration
@@ -7,7 +7,9 @@ the final exit's next-token accuracy), reads its test figures, measures the next
 of real cached early-exit decoding (teacher-forced, CALM fills), and times greedy generation:
 full depth (every layer, last head only) against early exit under each policy, for each batch
 size, interleaved A B C ... A B C, median of per-round ratios. It also times "static" exits
-(every token stops at exit k) to show what per-exit overhead costs at this model size.
+(every token stops at exit k) to show what per-exit overhead costs at this model size, and
+self-speculative decoding, its draft (exit, tokens per pass) chosen on a calibration prompt.
+Any LM run works: ``--model lm`` and ``--model hf-gpt2`` demos alike.
 
 Run from the repository root with nothing else busy::
 
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for run in args.runs:
         if not (run / "checkpoints" / "last.pt").is_file():
             parser.error(f"{run}/checkpoints/last.pt is missing; train with "
-                         "`optdepth demo --model lm --out DIR` first")
+                         "`optdepth demo --model lm --out DIR` (or --model hf-gpt2) first")
     return args
 
 
@@ -69,12 +71,13 @@ def static_policies(model: Any) -> dict[str, Any]:
 def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any]:
     from optdepth.checkpoints import load_model
     from optdepth.data.text import eval_windows, spread_prompts
-    from optdepth.models.causal_lm import CausalLM
+    from optdepth.experiments.lm_demo import choose_draft
+    from optdepth.models.decoder import DecoderLM
     from optdepth.offline import evaluate_policies
     from optdepth.offline.collect import collect_lm_traces
     from optdepth.online.generation import measure_decode_speedups, teacher_forced_decode
 
-    model = load_model(run, model_type=CausalLM)
+    model = load_model(run, model_type=DecoderLM)
     cal = collect_lm_traces(model, corpus.calibration, "calibration", args.eval_tokens)
     test = collect_lm_traces(model, corpus.test, "test", args.eval_tokens)
     evaluations = evaluate_policies(cal, test)
@@ -95,15 +98,19 @@ def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any
         record["policies"][name] = entry
     length = min(args.prompt_bytes, model.context // 4)
     new = min(args.new_tokens, model.context - length + 1)
+    record["draft"] = choose_draft(model, spread_prompts(corpus.calibration, 1, length)[0], new)
+    drafts = {"speculative": (record["draft"]["draft_exit"], record["draft"]["draft_tokens"])}
     for batch in args.batch_sizes:
         prompts = spread_prompts(corpus.test, batch, length)
-        timing = measure_decode_speedups(model, prompts, new, repeats=args.repeats,
+        timing = measure_decode_speedups(model, prompts, new, repeats=args.repeats, drafts=drafts,
                                          policies={**fitted, **static_policies(model)})
         record["timing"][f"batch_{batch}"] = timing
         for name, t in timing.items():
+            extra = (f"compute {t['mean_compute']:.3f}" if "mean_compute" in t else
+                     f"acceptance {t['acceptance_rate']:.3f}, same tokens {t['same_tokens_fraction']:.3f}")
             print(f"{run.name:10s} batch {batch:3d} {name:14s} decode speed-up {t['decode_speedup']:5.2f}x"
                   f"  {t['tokens_per_s']:7.0f} tok/s (full {t['full_depth_tokens_per_s']:7.0f})"
-                  f"  compute {t['mean_compute']:.3f}", flush=True)
+                  f"  {extra}", flush=True)
     return record
 
 

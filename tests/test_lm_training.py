@@ -203,9 +203,16 @@ def test_lm_demo_quick_writes_the_image_demo_schema(text_dir, tmp_path):
             if name != "oracle":
                 assert iso["decode_speedup"] > 0 and iso["wall_speedup"] == iso["decode_speedup"]
                 assert 0 <= iso["decode_accuracy"] <= 1
+        spec = net["speculative"]
+        assert 0 <= spec["draft_exit"] < t - 1 and spec["draft_tokens"] in (2, 4, 8)
+        for batch in ("batch_1", "batch_8"):
+            assert 0 <= spec[batch]["acceptance_rate"] <= 1 and spec[batch]["decode_speedup"] > 0
+            # lossless up to float32 ties between two logits (rare; exact in float64 tests)
+            assert spec[batch]["same_tokens_fraction"] >= 0.95
     assert metrics["nets"]["baseline"]["exit_accuracy"] == saved["nets"]["baseline"]["exit_accuracy"]
     report = (out / "report.md").read_text()
     assert "decode speed-up" in report and "](policy_curves.png)" in report
+    assert "## Self-speculative decoding" in report
     assert (out / "runs" / "ldepth" / "evaluation" / "traces_test.npz").is_file()
 
 

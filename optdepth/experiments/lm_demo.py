@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,23 +100,27 @@ def _decode_prompts(split: TextSplit, plan: LMDemoSchedule,
     return prompts, min(plan.decode_tokens, context - len(prompts[0]) + 1)
 
 
-def choose_draft(model: DecoderLM, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+def choose_draft(model: DecoderLM, prompt: list[int], new_tokens: int,
+                 rounds: int = 3) -> dict[str, Any]:
     """The fastest (draft exit, draft tokens) of self-speculative decoding on one prompt.
 
-    Every exit but the last and DRAFT_TOKENS drafts per pass are timed once each (after one
-    untimed run) at batch 1; the demo calls this on a calibration prompt, so that the test
-    prompts it then measures on did not choose it.
+    Every exit but the last with each of DRAFT_TOKENS drafts per pass is run once untimed,
+    then timed ``rounds`` times, interleaved, at batch 1; the median decides. The demo calls
+    this on a calibration prompt, so that the test prompts it then measures on did not choose it.
 
     Returns:
-        ``draft_exit``, ``draft_tokens`` and ``seconds`` ({"exit/tokens": seconds}).
+        ``draft_exit``, ``draft_tokens`` and ``seconds`` ({"exit/tokens": median seconds}).
     """
-    seconds = {}
-    for exit_index in range(model.num_exits - 1):
-        for tokens in DRAFT_TOKENS:
-            generate(model, [prompt], new_tokens, draft_exit=exit_index, draft_tokens=tokens)
+    candidates = [(e, k) for e in range(model.num_exits - 1) for k in DRAFT_TOKENS]
+    times: dict[str, list[float]] = {f"{e}/{k}": [] for e, k in candidates}
+    for e, k in candidates:
+        generate(model, [prompt], new_tokens, draft_exit=e, draft_tokens=k)
+    for _ in range(rounds):
+        for e, k in candidates:
             start = time.perf_counter()
-            generate(model, [prompt], new_tokens, draft_exit=exit_index, draft_tokens=tokens)
-            seconds[f"{exit_index}/{tokens}"] = time.perf_counter() - start
+            generate(model, [prompt], new_tokens, draft_exit=e, draft_tokens=k)
+            times[f"{e}/{k}"].append(time.perf_counter() - start)
+    seconds = {key: statistics.median(values) for key, values in times.items()}
     best = min(seconds, key=seconds.get)
     exit_index, tokens = map(int, best.split("/"))
     return {"draft_exit": exit_index, "draft_tokens": tokens, "seconds": seconds}

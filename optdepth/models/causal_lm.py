@@ -32,7 +32,7 @@ on it (:meth:`CausalLM.fill_kv`), no attention and no MLP.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ class KVCache:
     keys: Tensor
     values: Tensor
     lengths: Tensor
-    owner: DecoderLM
+    owner: DecoderLM = field(repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:

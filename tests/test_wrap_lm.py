@@ -262,6 +262,26 @@ def test_hf_gpt2_trains_evaluates_and_reloads_through_the_pipeline(tmp_path):
     assert generate(reloaded, "def ", 6).tokens.shape == (1, 6)
 
 
+def test_hf_gpt2_takes_the_users_weights_and_refuses_another_size(tmp_path):
+    from safetensors.torch import save_model
+
+    from optdepth.errors import CheckpointError
+
+    shape = {"dim": 32, "layers": 3, "heads": 2, "context": 32}
+    torch.manual_seed(3)
+    source = create_model("hf-gpt2", **shape)
+    save_model(source.lm, tmp_path / "gpt2.safetensors")  # the tied LM head is stored once
+    model = create_model("hf-gpt2", **shape, weights_path=str(tmp_path / "gpt2.safetensors"),
+                         head="adapter")
+    assert not model.train_backbone and not any(p.requires_grad for p in model.lm.parameters())
+    ids = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_final(ids), source.forward_final(ids))
+    with pytest.raises(CheckpointError, match="does not fit GPT2LMHeadModel"):
+        create_model("hf-gpt2", **{**shape, "dim": 64},
+                     weights_path=str(tmp_path / "gpt2.safetensors"))
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_a_model_without_a_layer_list_is_refused_with_what_was_looked_for():
     class NoLayers(torch.nn.Module):

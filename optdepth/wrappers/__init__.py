@@ -21,7 +21,8 @@ from optdepth.models.base import ExitSpec, MultiExitModel
 
 
 def wrap(model: nn.Module, exits: ExitSpec | None = None, head: str = "shared", *,
-         layers: str | None = None, train_backbone: bool = False) -> MultiExitModel:
+         layers: str | None = None, train_backbone: bool = False,
+         input_shape: tuple[int, int, int] | None = None) -> MultiExitModel:
     """Turn ``model`` into a multi-exit model that honours optdepth's contract.
 
     Args:
@@ -39,6 +40,8 @@ def wrap(model: nn.Module, exits: ExitSpec | None = None, head: str = "shared", 
         train_backbone: False (the default): only the exit heads train, the user's weights are
             frozen (and a frozen backbone stays in eval mode); True: everything trains, under
             L_depth if the training config asks for it.
+        input_shape: (C, H, W) of the images a vision model takes (default: timm's
+            pretrained config, a torchvision ViT's image size, else (3, 224, 224)).
 
     Raises:
         ConfigError: a model of no supported kind, a layer list that cannot be found, exits
@@ -55,7 +58,8 @@ def wrap(model: nn.Module, exits: ExitSpec | None = None, head: str = "shared", 
         return language.wrap_causal_lm(model, exits, head, layers=layers,
                                        train_backbone=train_backbone)
     from optdepth.wrappers import vision
-    return vision.wrap_vision(model, exits, head, layers=layers, train_backbone=train_backbone)
+    return vision.wrap_vision(model, exits, head, layers=layers, train_backbone=train_backbone,
+                              input_shape=input_shape)
 
 
 __all__ = ["wrap"]

@@ -27,6 +27,7 @@ from optdepth.reports.demo_report import (
     matched_accuracy_line,
     policy_table,
 )
+from optdepth.reports.lm_report import speculative_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -65,7 +66,9 @@ RESULTS = (
     Result("vit_demo", "vit", "demo (4 epochs)", "none vs relative β=0.5", "0",
            "optdepth demo --model vit --out DIR --threads 1"),
     Result("lm_demo", "lm (byte level, 6 layers)", "demo", "none vs relative β=0.5", "0",
-           "optdepth demo --model lm --out DIR --threads 1"),
+           "optdepth demo --model lm --out DIR"),
+    Result("hf_gpt2_demo", "hf-gpt2 (transformers GPT-2, bytes, 6 layers)", "demo",
+           "none vs relative β=0.5", "0", "optdepth demo --model hf-gpt2 --out DIR"),
     Result("ablate_ldepth.json", "resnet20", "demo (5 epochs)",
            "none, relative 0.1/0.5, distill 1/2/4", "0",
            "python benchmarks/ablate_ldepth.py --variants none relative:0.5 distill:1.0"
@@ -93,8 +96,11 @@ RESULTS = (
            " runs/deep56u/runs/ldepth --out benchmarks/results/bench_early_exit_deep56u.json"),
     Result("bench_decision_cost.json", "resnet20, resnet56", "–", "decision cost", "–",
            "python benchmarks/bench_decision_cost.py RUN... --threads 1 --repeats 15"),
-    Result("bench_lm_decode.json", "lm", "–", "decoding speed", "–",
+    Result("bench_lm_decode.json", "lm and hf-gpt2 (demo nets)", "–",
+           "decoding speed: early exit, self-speculative", "–",
            "python benchmarks/bench_lm_decode.py RUNS... --threads 2 --batch-sizes 1 8"),
+    Result("wrapped_forward.json", "timm resnet50 (wrapped)", "–", "full-depth forward time", "–",
+           "python benchmarks/wrapped_forward.py --threads 2 --rounds 8"),
     Result("neural_ode.json", "node (midpoint, 8 exits)", "2 epochs", "none, kinetic", "0",
            "python benchmarks/neural_ode.py --threads 1"),
     Result("ode_bridge_convergence.json", "synthetic diffusion", "–", "free boundary", "–",
@@ -141,6 +147,8 @@ def _section(result: Result, metrics: dict[str, Any]) -> list[str]:
         lines += [f"Policies of `{name}` at their iso-accuracy point:", "", *policy_table(net), ""]
     if "matched_accuracy" in metrics:
         lines += [matched_accuracy_line(metrics["matched_accuracy"]), ""]
+    if any("speculative" in net for net in metrics["nets"].values()):
+        lines += speculative_section(metrics["nets"], depth=3)
     return [*lines, *guarantee_section(metrics["nets"], depth=3)]
 
 

@@ -64,7 +64,8 @@ class GenerationResult:
             self-speculative decoding, whose tokens are all full-depth predictions).
         compute: (B, M) float64 compute spent on the decoding step behind each token, as a
             fraction of a full-depth step (``exit_costs[exit_index]``, CALM fills included);
-            for self-speculative decoding see ``drafted`` and ``accepted`` instead.
+            NaN for self-speculative decoding, whose cost per token follows from the draft
+            and its acceptance (``drafted``, ``accepted``, ``rounds``).
         prompt_lengths: (B,) int64 prompt lengths in tokens.
         drafted: (B,) int64 tokens drafted per row (self-speculative decoding; else None).
         accepted: (B,) int64 drafted tokens the full model agreed with (else None).
@@ -431,7 +432,7 @@ def _speculate(model: DecoderLM, cache: DecodeCache, first: Tensor, lengths: Ten
     shape = tokens.shape
     return GenerationResult(tokens.cpu().numpy().astype(np.int64),
                             np.full(shape, model.num_exits - 1, dtype=np.int64),
-                            np.ones(shape, dtype=np.float64), lengths.numpy(),
+                            np.full(shape, np.nan), lengths.numpy(),
                             drafted.numpy(), accepted.numpy(), rounds.numpy())
 
 

@@ -30,9 +30,9 @@ def _decode_table(net: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _speculative_section(nets: dict[str, Any]) -> list[str]:
+def speculative_section(nets: dict[str, Any], depth: int = 2) -> list[str]:
     """Per net: the chosen draft, its acceptance and measured decoding speed against full depth."""
-    lines = ["## Self-speculative decoding", "",
+    lines = [f"{'#' * depth} Self-speculative decoding", "",
              "The first layers up to a draft exit propose tokens greedily; the remaining layers"
              " verify all of them in one pass and keep the longest prefix full-depth greedy"
              " decoding agrees with, plus the full model's next token, so the output is the"
@@ -96,7 +96,7 @@ def write_lm_report(metrics: dict[str, Any], path: Path) -> None:
                   f"{100 * net['decode_accuracy_full_depth']:.2f}%.", ""]
     lines += [*comparison_lines(nets), "", "![policy curves](policy_curves.png)", "",
               "![exit histograms](exit_histograms.png)", "",
-              *_speculative_section(nets),
+              *speculative_section(nets),
               *guarantee_section(nets),
               "## Finite-depth certificate", "",
               "As in the image demo: t̄ = log(L·K / (λ·ΔC)) / log(1/ρ) + 1 layers at the LSM"

@@ -208,5 +208,15 @@ def test_bad_exits_heads_and_shapes_are_refused():
         wrapped("tv_vit", exits="stages")
     with pytest.raises(ConfigError, match="input_shape"):
         optdepth.wrap(backbone("tv_resnet"), input_shape=(64, 64))
+    with pytest.raises(ConfigError, match="cannot run on images of shape"):
+        optdepth.wrap(backbone("timm_convnext"), input_shape=(3, 8, 8))
+
+    class Doubled(torchvision.models.ResNet):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    doubled = Doubled(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=5).eval()
+    with pytest.raises(ConfigError, match="override forward"):
+        optdepth.wrap(doubled, input_shape=(3, 64, 64))
     with pytest.raises(ConfigError, match="already a multi-exit model"):
         optdepth.wrap(wrapped("tv_resnet"))

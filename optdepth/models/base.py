@@ -7,11 +7,13 @@ never decide when to stop. Policies decide; the inference engine applies them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from optdepth.errors import ConfigError, DataError
@@ -158,7 +160,8 @@ class MultiExitModel(nn.Module):
             float32 tensor (T,), non-decreasing, last entry 1.0.
         """
         if self._exit_costs is None:
-            self._exit_costs = self._count_exit_flops()
+            with countable_attention():
+                self._exit_costs = self._count_exit_flops()
         return self._exit_costs.clone()
 
     def _count_exit_flops(self) -> Tensor:
@@ -196,6 +199,24 @@ class BlockStackModel(MultiExitModel):
         for block in self.blocks:
             state = block(state)[0]
         return self.heads[-1](state)
+
+
+@contextmanager
+def countable_attention() -> Iterator[None]:
+    """Run attention as plain matmuls while FLOPs are counted.
+
+    FlopCounterMode counts nothing inside the fused CPU attention kernels
+    (``F.scaled_dot_product_attention``'s flash path, ``nn.MultiheadAttention``'s fast path),
+    which would understate every attention layer; the math backend computes the same attention
+    in counted ops. The fast-path switch is global: it is restored afterwards.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def per_sample_norm(x: Tensor) -> Tensor:

@@ -220,20 +220,35 @@ class WrappedVisionModel(MultiExitModel):
 
     @torch.no_grad()
     def _probe(self) -> tuple[list[int], int]:
-        """Pooled width at each exit and the class count, from one zero image (eval mode)."""
+        """Pooled width at each exit and the class count, from one random image (eval mode).
+
+        The cut model must compute the model's own logits on it: a model whose ``forward``
+        does more than stem, blocks and head (a subclass, say) is refused here rather than
+        giving other logits later.
+        """
         was_training = self.backbone.training
         self.backbone.eval()
         try:
-            x = torch.zeros(1, *self.input_shape, device=next(self.backbone.parameters()).device)
+            p = next(self.backbone.parameters())
+            x = torch.randn(1, *self.input_shape, generator=torch.Generator().manual_seed(0))
+            x = x.to(p.device, p.dtype)
             h, widths = self._family.stem(x), []
             for t, unit in enumerate(self._family.units):
                 h = self._run(unit, h)[0]
                 if t in self.exit_blocks:
                     widths.append(self._family.pool(h).shape[-1])
-            classes = self._family.head(h).shape[-1]
+            logits = self._family.head(h)
+            if not torch.allclose(logits, self.backbone(x), rtol=1e-4, atol=1e-5):
+                raise ConfigError(f"{type(self.backbone).__name__} computes more than its stem,"
+                                  f" blocks and head (does it override forward?): its"
+                                  f" {self._family.name} layout does not reproduce its logits")
+        except RuntimeError as exc:  # a shape the model cannot take
+            raise ConfigError(f"{type(self.backbone).__name__} cannot run on images of shape"
+                              f" {self.input_shape}: give input_shape=(C, H, W) of your data"
+                              f" ({exc})") from exc
         finally:
             self.backbone.train(was_training)
-        return widths, classes
+        return widths, logits.shape[-1]
 
     def train(self, mode: bool = True) -> WrappedVisionModel:
         """Set the mode; a frozen backbone stays in eval mode (its BatchNorm statistics kept)."""

@@ -90,7 +90,7 @@ class Variant:
             return cls(None, 0.0)
         known = ", ".join(REGULARIZERS.names())
         name, sep, beta_text = text.partition(":") if isinstance(text, str) else ("", "", "")
-        if not sep or name not in REGULARIZERS:
+        if not sep or name not in REGULARIZERS.names():
             raise ConfigError(f"unknown variant {text!r}: a variant is '{BASELINE}' or"
                               f" '<regularizer>:<beta>' (e.g. distill:2), regularizers: {known}")
         try:
@@ -223,6 +223,7 @@ def compare(out: str | Path, *, model: str = "resnet20", schedule: str = "demo",
     out = Path(out)
     chosen = _parse_variants(model, variants)
     seeds = _check_seeds(seeds)
+    _workers(1, jobs, threads)  # bad jobs or threads fail before the folder is made
     _check_image_model(model)
     plan = demo_plan(schedule, model, epochs)
     demo_base_config(plan, data_dir, None, model)  # bad settings fail before the folder is made
@@ -310,6 +311,8 @@ def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} is unreadable; restore it or use another folder") from exc
         differ = [key for key in settings if stored.get(key) != settings[key]]
+        if len(differ) > 1 and "base_config" in differ:  # it follows from the others
+            differ.remove("base_config")
         if differ:
             shown = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(settings[k])} asked"
                               for k in differ)

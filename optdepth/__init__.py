@@ -32,6 +32,8 @@ _EXPORTS = {
     "evaluate_policies": "optdepth.offline",
     "fit_exit_policy": "optdepth.offline",
     "early_exit_predict": "optdepth.online",
+    # evidence: training methods compared over paired seeds
+    "compare": "optdepth.experiments.compare",
     "OptDepthError": "optdepth.errors",
 }
 

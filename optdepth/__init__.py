@@ -35,6 +35,8 @@ _EXPORTS = {
     # bring your own model; decode (full depth, per-token early exit, self-speculative)
     "wrap": "optdepth.wrappers",
     "generate": "optdepth.online.generation",
+    # evidence: training methods compared over paired seeds
+    "compare": "optdepth.experiments.compare",
     "OptDepthError": "optdepth.errors",
 }
 

@@ -7,6 +7,8 @@
                                                           --batch-size is global
     optdepth demo --out DIR [--model vit] [--quick]       baseline vs L_depth, report.md
     optdepth demo --model hf-gpt2 --out DIR               the same on transformers' GPT-2
+    optdepth compare --out DIR --variants none distill:2 --seeds 0 1 2 3 4
+                                                          paired seeds: medians, intervals
 """
 
 from __future__ import annotations
@@ -116,6 +118,27 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_compare(sub: Any) -> None:
+    p = sub.add_parser("compare", help="paired multi-seed comparison of training methods, with"
+                       " medians, 95% intervals and p-values")
+    p.add_argument("--out", required=True, type=_folder, help="compare folder (resumed if it"
+                   " holds the same compare)")
+    p.add_argument("--model", default="resnet20", help="an image model the demo supports")
+    p.add_argument("--schedule", default="demo", help="quick | demo (default) | full")
+    p.add_argument("--variants", nargs="+", metavar="VARIANT",
+                   help="none or <regularizer>:<beta> each, the reference first (default: none"
+                   " and the model's demo L_depth, distill:2 for the ResNets)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                   help="training seeds, at least 2 (default 0 1 2 3 4)")
+    p.add_argument("--epochs", type=int, help="override the schedule's epochs")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX .gz files")
+    p.add_argument("--jobs", type=int, help="runs trained at once, one process each (default:"
+                   " as many as the cores allow)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: the cores"
+                   " shared between the jobs)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optdepth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_demo(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -240,7 +264,26 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     log.info("report: %s/report.md (%.1f min)", args.out, metrics["wall_seconds"] / 60)
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from optdepth.experiments.compare import compare
+
+    result = compare(args.out, model=args.model, schedule=args.schedule, variants=args.variants,
+                     seeds=args.seeds, epochs=args.epochs, data_dir=args.data_dir,
+                     jobs=args.jobs, threads=args.threads, progress=not args.no_progress)
+    summary = result.summary
+    for variant, policies in result.paired.items():
+        for policy, stats in policies.items():
+            stat = stats["matched_ratio"]
+            if stat["ci95"] is not None:
+                log.info("%s / %s, %-8s compute at matched accuracy: median %.3f [%.3f, %.3f]",
+                         variant, summary["reference"], policy, stat["median"], *stat["ci95"])
+    for run in result.excluded:
+        log.warning("excluded (diverged): %s seed %d", run["variant"], run["seed"])
+    log.info("report: %s/report.md (%.1f min)", args.out, summary["wall_seconds"] / 60)
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+            "compare": _cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

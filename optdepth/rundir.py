@@ -8,8 +8,8 @@ process dies, so a killed run never leaves a stale lock behind. Taking the lock 
 temporary files of writes that a kill interrupted (see :mod:`optdepth.io`).
 
 A folder is ours when it is missing, empty, or holds the marker ``.optdepth`` that optdepth writes
-into every folder it creates (``{"kind": "run" | "demo" | "lm-demo"}``); a run written before
-markers existed is recognised by its ``checkpoints/last.pt``. Anything else is refused with the
+into every folder it creates (``{"kind": "run" | "demo" | "lm-demo" | "compare"}``); a run
+written before markers existed is recognised by its ``checkpoints/last.pt``. Anything else is refused with the
 names of what is there: a ``config.json`` or ``metrics.jsonl`` of another tool looks like ours
 but is not, and is never overwritten.
 """
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".optdepth.lock"
 MARKER = ".optdepth"
-KINDS = ("run", "demo", "lm-demo")
+KINDS = ("run", "demo", "lm-demo", "compare")
 
 
 @dataclass(frozen=True)

@@ -112,13 +112,37 @@ def demo_configs(schedule: DemoSchedule, beta: float | None, data_dir: str | Non
     """
     settings = demo_model(model)
     beta = settings.beta if beta is None else beta
+    base = demo_base_config(schedule, data_dir, threads, model, model_kwargs)
+    return {"baseline": base.replace(beta=0.0),
+            "ldepth": base.replace(regularizer=settings.regularizer, beta=beta)}
+
+
+def demo_base_config(schedule: DemoSchedule, data_dir: str | None, threads: int | None,
+                     model: str = "resnet20",
+                     model_kwargs: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The config every net of a demo (or a compare) shares before its L_depth is set: the
+    schedule's epochs, subset, augmentation and exit weights, then the model's own overrides."""
     base = TrainConfig(model=model, model_kwargs=dict(model_kwargs or {}),
                        epochs=schedule.epochs, train_subset=schedule.train_subset,
                        augment=schedule.augment, exit_weighting=schedule.exit_weighting,
                        data_dir=data_dir, threads=threads)
-    base = base.replace(**settings.overrides)
-    return {"baseline": base.replace(beta=0.0),
-            "ldepth": base.replace(regularizer=settings.regularizer, beta=beta)}
+    return base.replace(**demo_model(model).overrides)
+
+
+def demo_plan(schedule: str, model: str, epochs: int | None = None) -> DemoSchedule:
+    """The schedule named ``schedule`` with ``epochs`` (None: the model's own epochs for this
+    schedule, if it has any, else the schedule's)."""
+    plan = SCHEDULES[schedule]
+    epochs = epochs if epochs is not None else demo_model(model).epochs.get(schedule)
+    return plan if epochs is None else dataclasses.replace(plan, epochs=epochs)
+
+
+def fit_plan_to_data(plan: DemoSchedule, n_train: int) -> DemoSchedule:
+    """``plan`` with its subset cut to ``n_train`` images: a schedule's subset is "at most", so
+    a smaller data folder trains on all of it."""
+    if plan.train_subset is not None and plan.train_subset > n_train:
+        return dataclasses.replace(plan, train_subset=n_train)
+    return plan
 
 
 def policy_metrics(evaluation: RunEvaluation, data: FashionMNIST, net: dict[str, Any],
@@ -159,16 +183,12 @@ def run_demo(out: str | Path, *, model: str = "resnet20", schedule: str = "demo"
     """
     out = Path(out)
     start = time.perf_counter()
-    plan = SCHEDULES[schedule]
-    epochs = epochs if epochs is not None else demo_model(model).epochs.get(schedule)
-    if epochs is not None:
-        plan = dataclasses.replace(plan, epochs=epochs)
+    plan = demo_plan(schedule, model, epochs)
     configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
     with write_lock(out, "demo"):
         data = load_fashion_mnist(data_dir)
-        if plan.train_subset is not None and plan.train_subset > len(data.train):
-            # a schedule's subset is "at most": a smaller data folder trains on all of it
-            plan = dataclasses.replace(plan, train_subset=len(data.train))
+        if (fitted := fit_plan_to_data(plan, len(data.train))) != plan:
+            plan = fitted
             configs = demo_configs(plan, beta, data_dir, threads, model, model_kwargs)
         write_marker(out, "demo")
         return _train_and_report(out, model, plan, configs, data, progress, start)

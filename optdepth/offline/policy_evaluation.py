@@ -291,6 +291,22 @@ def gap_summary(evaluations: dict[str, PolicyEvaluation],
             "compute_saving_vs_rule": saving, "oracle_gap_closed": closed}
 
 
+def compute_at_accuracy(curve: ArrayLike, level: float) -> float | None:
+    """The least mean compute of a test curve's points whose accuracy is >= ``level``.
+
+    Args:
+        curve: (K, 2) [mean compute, accuracy] points (as :meth:`PolicyEvaluation.metrics`
+            writes them).
+        level: the accuracy to reach (fraction).
+
+    Returns:
+        The compute, or None where no point reaches ``level``.
+    """
+    curve = np.asarray(curve, dtype=float).reshape(-1, 2)
+    reached = curve[curve[:, 1] >= level]
+    return float(reached[:, 0].min()) if len(reached) else None
+
+
 def matched_accuracy_comparison(nets: dict[str, dict[str, Any]], first: str = "baseline",
                                 second: str = "ldepth",
                                 tolerance: float = ISO_TOLERANCE) -> dict[str, Any]:
@@ -313,11 +329,8 @@ def matched_accuracy_comparison(nets: dict[str, dict[str, Any]], first: str = "b
     level = min(nets[n]["exit_accuracy"][-1] for n in (first, second)) - tolerance
     policies = {}
     for name in nets[first]["policies"]:
-        computes = {}
-        for net in (first, second):
-            curve = np.asarray(nets[net]["policies"][name]["curve"], dtype=float)  # (K, 2)
-            reached = curve[curve[:, 1] >= level]
-            computes[net] = float(reached[:, 0].min()) if len(reached) else None
+        computes = {net: compute_at_accuracy(nets[net]["policies"][name]["curve"], level)
+                    for net in (first, second)}
         ratio = (None if None in computes.values()
                  else computes[second] / computes[first])
         policies[name] = {**computes, "ratio": ratio}
@@ -325,5 +338,5 @@ def matched_accuracy_comparison(nets: dict[str, dict[str, Any]], first: str = "b
 
 
 __all__ = ["EXIT_POLICIES", "ISO_TOLERANCE", "NETWORK_POLICIES", "PolicyEvaluation",
-           "evaluate_policies", "evaluate_policy", "gap_summary", "iso_accuracy_index",
-           "matched_accuracy_comparison", "oracle_exits"]
+           "compute_at_accuracy", "evaluate_policies", "evaluate_policy", "gap_summary",
+           "iso_accuracy_index", "matched_accuracy_comparison", "oracle_exits"]

@@ -120,3 +120,86 @@ def plot_exit_histograms(nets: Mapping[str, Mapping[str, Any]], path: Path) -> N
         axes[0][0].set_ylabel("share of test inputs")
         axes[0][-1].legend(frameon=False, fontsize=7)
         _save(fig, path)
+
+
+def plot_forest(paired: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Per-seed compute ratios against the reference, with their median and 95% interval.
+
+    Args:
+        paired: variant -> policy -> {"matched_ratio": STAT, "iso_ratio": STAT} (compare.json);
+            one row per (variant, policy), one panel per ratio.
+        path: output PNG; the dashed line is "no change" (ratio 1).
+    """
+    rows = [(v, p) for v, policies in paired.items() for p in policies]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.9 + 0.28 * max(1, len(rows))),
+                                 sharey=True, squeeze=False)
+        for ax, key, title in zip(axes[0], ("matched_ratio", "iso_ratio"),
+                                  ("at one matched test accuracy", "at iso-accuracy"),
+                                  strict=True):
+            for y, (variant, policy) in enumerate(rows):
+                stat = paired[variant][policy][key]
+                ax.plot(stat["values"], [y] * len(stat["values"]), "o", color="tab:blue",
+                        alpha=0.45, markersize=3)
+                if stat["ci95"] is not None:
+                    ax.plot(stat["ci95"], [y, y], color="black", linewidth=1.2)
+                if stat["median"] is not None:
+                    ax.plot(stat["median"], y, "D", color="black", markersize=4)
+            ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlabel("mean compute / reference's")
+            ax.set_title(title)
+        axes[0][0].set_yticks(range(len(rows)), [f"{v} · {p}" for v, p in rows])
+        axes[0][0].invert_yaxis()
+        _save(fig, path)
+
+
+def accuracy_envelope(curve: Any, grid: np.ndarray) -> np.ndarray:
+    """(G,) the best test accuracy a curve's points reach at compute <= each grid value (NaN
+    below its cheapest point): curves traced on different grids become comparable.
+
+    Args:
+        curve: (K, 2) [mean compute, accuracy] points.
+        grid: (G,) compute values, increasing.
+    """
+    curve = np.asarray(curve, dtype=float).reshape(-1, 2)
+    order = np.argsort(curve[:, 0], kind="stable")
+    best = np.maximum.accumulate(curve[order, 1])  # (K,) best accuracy up to each compute
+    index = np.searchsorted(curve[order, 0], grid, side="right") - 1  # (G,) last point <= c
+    return np.where(index >= 0, best[np.maximum(index, 0)], np.nan)
+
+
+def plot_seed_bands(curves: Mapping[str, Mapping[str, list[Any]]], level: float | None,
+                    path: Path) -> None:
+    """Accuracy against mean compute per policy: each variant's median over seeds and its
+    min–max band, where every seed's curve has a point.
+
+    Args:
+        curves: policy -> variant -> per-seed test curves ((K, 2) [compute, accuracy] each).
+        level: the compare's matched accuracy (dashed line), or None.
+        path: output PNG.
+    """
+    grid = np.linspace(0.0, 1.0, 201)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(3.4 * max(1, len(curves)), 3.0),
+                                 sharey=True, squeeze=False)
+        tops = [level] if level is not None else []  # no curves (no run converged): one empty panel
+        for ax, (policy, by_variant) in zip(axes[0], curves.items(), strict=False):
+            for variant, seed_curves in by_variant.items():
+                if not seed_curves:
+                    continue
+                acc = 100 * np.stack([accuracy_envelope(c, grid) for c in seed_curves])  # (S, G)
+                shown = ~np.isnan(acc).any(axis=0)
+                (line,) = ax.plot(grid[shown], np.median(acc[:, shown], axis=0), linewidth=1,
+                                  label=variant)
+                ax.fill_between(grid[shown], acc[:, shown].min(axis=0),
+                                acc[:, shown].max(axis=0), color=line.get_color(), alpha=0.2)
+                tops.append(np.nanmax(acc) / 100)
+            if level is not None:
+                ax.axhline(100 * level, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlabel("mean compute (fraction of full depth)")
+            ax.set_title(policy)
+        if tops:
+            axes[0][0].set_ylim(100 * min(tops) - 6, 100 * max(tops) + 1)
+        axes[0][0].set_ylabel("test accuracy (%)")
+        axes[0][-1].legend(frameon=False, fontsize=7)
+        _save(fig, path)

@@ -8,7 +8,7 @@ of real cached early-exit decoding (teacher-forced, CALM fills), and times greed
 full depth (every layer, last head only) against early exit under each policy, for each batch
 size, interleaved A B C ... A B C, median of per-round ratios. It also times "static" exits
 (every token stops at exit k) to show what per-exit overhead costs at this model size, and
-self-speculative decoding, its draft (exit, tokens per pass) chosen on a calibration prompt.
+self-speculative decoding, its draft (exit, tokens per pass) chosen on calibration prompts.
 Any LM run works: ``--model lm`` and ``--model hf-gpt2`` demos alike.
 
 Run from the repository root with nothing else busy::
@@ -98,7 +98,7 @@ def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any
         record["policies"][name] = entry
     length = min(args.prompt_bytes, model.context // 4)
     new = min(args.new_tokens, model.context - length + 1)
-    record["draft"] = choose_draft(model, spread_prompts(corpus.calibration, 1, length)[0], new)
+    record["draft"] = choose_draft(model, spread_prompts(corpus.calibration, 3, length), new)
     drafts = {"speculative": (record["draft"]["draft_exit"], record["draft"]["draft_tokens"])}
     for batch in args.batch_sizes:
         prompts = spread_prompts(corpus.test, batch, length)

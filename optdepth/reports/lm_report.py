@@ -36,8 +36,8 @@ def speculative_section(nets: dict[str, Any], depth: int = 2) -> list[str]:
              "The first layers up to a draft exit propose tokens greedily; the remaining layers"
              " verify all of them in one pass and keep the longest prefix full-depth greedy"
              " decoding agrees with, plus the full model's next token, so the output is the"
-             " full-depth greedy output. The draft (exit, tokens per pass) is the fastest on a"
-             " calibration prompt; speeds are measured on the test prompts, interleaved with"
+             " full-depth greedy output. The draft (exit, tokens per pass) is the fastest on"
+             " calibration prompts; speeds are measured on the test prompts, interleaved with"
              " full-depth decoding (median of repeats).", "",
              "| net | batch | draft layers | draft tokens | acceptance | tokens per pass |"
              " tokens/s speculative | tokens/s full depth | speed-up | same tokens |",

@@ -108,10 +108,15 @@ def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any
         for name, t in timing.items():
             extra = (f"compute {t['mean_compute']:.3f}" if "mean_compute" in t else
                      f"acceptance {t['acceptance_rate']:.3f}, same tokens {t['same_tokens_fraction']:.3f}")
-            print(f"{run.name:10s} batch {batch:3d} {name:14s} decode speed-up {t['decode_speedup']:5.2f}x"
+            print(f"{run_key(run):16s} batch {batch:3d} {name:14s} decode speed-up {t['decode_speedup']:5.2f}x"
                   f"  {t['tokens_per_s']:7.0f} tok/s (full {t['full_depth_tokens_per_s']:7.0f})"
                   f"  {extra}", flush=True)
     return record
+
+
+def run_key(run: Path) -> str:
+    """A run's name in the results: ``demo/net`` (two demos both hold a ``baseline``)."""
+    return f"{run.resolve().parent.parent.name}/{run.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     corpus = load_text_corpus(args.text)
     load_before = os.getloadavg()
-    results = {run.name: bench_run(run, corpus, args) for run in args.runs}
+    results = {run_key(run): bench_run(run, corpus, args) for run in args.runs}
     for run_name, record in results.items():
         for name, entry in record["policies"].items():
-            print(f"{run_name:10s} {name:9s} iso-accuracy: test acc {100 * entry['accuracy']:.2f}%"
+            print(f"{run_name:16s} {name:9s} iso-accuracy: test acc {100 * entry['accuracy']:.2f}%"
                   f" (final {100 * record['final_exit_test_accuracy']:.2f}%), compute"
                   f" {entry['mean_compute']:.3f}, decode acc "
                   f"{100 * entry.get('decode_accuracy', float('nan')):.2f}%")

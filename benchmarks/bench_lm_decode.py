@@ -108,7 +108,8 @@ def bench_run(run: Path, corpus: Any, args: argparse.Namespace) -> dict[str, Any
         for name, t in timing.items():
             extra = (f"compute {t['mean_compute']:.3f}" if "mean_compute" in t else
                      f"acceptance {t['acceptance_rate']:.3f}, same tokens {t['same_tokens_fraction']:.3f}")
-            print(f"{run_key(run):16s} batch {batch:3d} {name:14s} decode speed-up {t['decode_speedup']:5.2f}x"
+            print(f"{run_key(run):16s} batch {batch:3d} {name:14s} decode speed-up"
+                  f" {t['decode_speedup']:5.2f}x"
                   f"  {t['tokens_per_s']:7.0f} tok/s (full {t['full_depth_tokens_per_s']:7.0f})"
                   f"  {extra}", flush=True)
     return record

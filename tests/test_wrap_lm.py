@@ -317,6 +317,15 @@ def test_bad_exits_heads_and_decoding_arguments_are_refused():
         generate(model, "some text", 4)
 
 
+def test_a_sliding_window_shorter_than_the_context_is_refused():
+    config = transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        intermediate_size=64, max_position_embeddings=CONTEXT,
+                                        sliding_window=16)
+    with pytest.raises(ConfigError, match="sliding window of 16"):
+        optdepth.wrap(transformers.MistralForCausalLM(config))
+
+
 def test_a_tokenizer_of_another_vocabulary_is_refused():
     tokenizers = require_extra("tokenizers")
     vocab = {f"w{i}": i for i in range(VOCAB)} | {"[UNK]": VOCAB - 1}

@@ -256,6 +256,11 @@ class WrappedCausalLM(DecoderLM):
         config = lm.config
         self.context = int(getattr(config, "n_positions", None)
                            or config.max_position_embeddings)
+        window = getattr(config, "sliding_window", None)
+        if window and getattr(config, "use_sliding_window", True) and window < self.context:
+            raise ConfigError(f"{type(lm).__name__} attends within a sliding window of {window}"
+                              f" tokens, shorter than its context of {self.context}; optdepth's"
+                              " cache attends to the whole context, so it would decode otherwise")
         self.input_shape = (self.context,)
         self.dim = parts.embed.weight.shape[1]
         self.adapters = (nn.ModuleList(_Adapter(self.dim) for _ in range(self.num_exits - 1))

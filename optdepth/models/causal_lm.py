@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from optdepth.errors import ConfigError
 from optdepth.models.base import StepOutput, per_sample_norm
-from optdepth.models.decoder import DecoderLM, KVFiller, check_positive_ints
+from optdepth.models.decoder import DecoderLM, KVFiller, check_positive_ints, write_positions
 from optdepth.models.registry import register_model
 
 VOCAB_SIZE = 256
@@ -230,19 +230,8 @@ class CausalLM(DecoderLM):
 
     def _write_kv(self, layer: int, k: Tensor, v: Tensor, cache: KVCache, rows: Tensor | None,
                   start: Tensor, same: int | None = None) -> None:
-        """Write keys/values (n, H, q, D/H) of ``layer`` at positions start..start+q-1.
-
-        ``same``: the start when every row shares it (plain slicing, faster).
-        """
-        q = k.shape[2]
-        if rows is None and same is not None:
-            cache.keys[layer, :, :, same:same + q], cache.values[layer, :, :, same:same + q] = k, v
-            return
-        if rows is None:
-            rows = torch.arange(k.shape[0], device=k.device)
-        positions = start[:, None] + torch.arange(q, device=k.device)  # (n, q)
-        cache.keys[layer, rows[:, None], :, positions] = k.transpose(1, 2)
-        cache.values[layer, rows[:, None], :, positions] = v.transpose(1, 2)
+        """Write keys/values (n, H, q, D/H) of ``layer`` (see :func:`write_positions`)."""
+        write_positions(cache.keys[layer], cache.values[layer], k, v, rows, start, same)
 
     def fill_kv(self, layer: int, h: Tensor, cache: KVCache, rows: Tensor | None,
                 positions: Tensor) -> None:

@@ -193,6 +193,24 @@ class DecoderLM(MultiExitModel):
         return (per_layer[exits] / reached[-1]).to(torch.float32)
 
 
+def write_positions(keys: Tensor, values: Tensor, k: Tensor, v: Tensor, rows: Tensor | None,
+                    start: Tensor, same: int | None = None) -> None:
+    """Write new keys/values (n, H, q, D_h) into one layer's buffers (B, H, context, D_h).
+
+    Row ``rows[i]`` (row i when None) gets them at positions start[i]..start[i]+q-1;
+    ``same``: the start when every row shares it (plain slicing, faster).
+    """
+    q = k.shape[2]
+    if rows is None and same is not None:
+        keys[:, :, same:same + q], values[:, :, same:same + q] = k, v
+        return
+    if rows is None:
+        rows = torch.arange(k.shape[0], device=k.device)
+    positions = start[:, None] + torch.arange(q, device=k.device)  # (n, q)
+    keys[rows[:, None], :, positions] = k.transpose(1, 2)
+    values[rows[:, None], :, positions] = v.transpose(1, 2)
+
+
 def check_token_ids(ids: Tensor, context: int, vocab_size: int) -> None:
     """Raise :class:`DataError` for an empty sequence, one over ``context`` or ids outside the vocabulary."""
     if ids.shape[-1] == 0:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from optdepth.errors import ConfigError
 from optdepth.models.base import ExitSpec, StepOutput, exit_positions, per_sample_norm
-from optdepth.models.decoder import DecoderLM
+from optdepth.models.decoder import DecoderLM, write_positions
 
 #: Where the supported families keep their parts, tried in order (dotted attribute paths).
 LAYER_PATHS = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers",
@@ -172,15 +172,7 @@ def _cache_layer_class() -> type:
             """Keys/values (n, H_kv, q, D_h) at positions start..start+q-1 of ``rows``."""
             if not self.is_initialized:
                 self.lazy_initialization(k, v)
-            q = k.shape[2]
-            if rows is None and same is not None:
-                self.keys[:, :, same:same + q], self.values[:, :, same:same + q] = k, v
-                return
-            if rows is None:
-                rows = torch.arange(k.shape[0], device=k.device)
-            positions = start[:, None] + torch.arange(q, device=k.device)  # (n, q)
-            self.keys[rows[:, None], :, positions] = k.transpose(1, 2)
-            self.values[rows[:, None], :, positions] = v.transpose(1, 2)
+            write_positions(self.keys, self.values, k, v, rows, start, same)
 
         def update(self, key_states: Tensor, value_states: Tensor, *args: Any,
                    **kwargs: Any) -> tuple[Tensor, Tensor]:

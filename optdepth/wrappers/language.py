@@ -77,7 +77,8 @@ class _Parts:
     layers: nn.ModuleList
     norm: nn.Module
     head: nn.Module
-    kv: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None  # normed h -> k, v
+    #: (layer, h) -> keys, values, the attention module; None: an unknown layer structure
+    kv: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor, nn.Module]] | None
 
 
 def _layer_list(model: nn.Module, layers: str | None) -> tuple[nn.ModuleList, nn.Module]:
@@ -95,15 +96,17 @@ def _layer_list(model: nn.Module, layers: str | None) -> tuple[nn.ModuleList, nn
                       " optdepth.wrap(model, layers='dotted.path.to.layers')")
 
 
-def _gpt2_kv(layer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
-    """GPT-2: the fused c_attn projection's key and value parts, (n, D) each."""
-    _, k, v = layer.attn.c_attn(a).split(layer.attn.split_size, dim=-1)
-    return k, v
+def _gpt2_kv(layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, nn.Module]:
+    """GPT-2: the key and value parts of the fused c_attn on LN1(h), (n, D) each; the attention."""
+    _, k, v = layer.attn.c_attn(layer.ln_1(h)).split(layer.attn.split_size, dim=-1)
+    return k, v, layer.attn
 
 
-def _llama_kv(layer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
-    """Llama family: the k_proj and v_proj outputs, (n, H_kv·D_h) each (rotary applied later)."""
-    return layer.self_attn.k_proj(a), layer.self_attn.v_proj(a)
+def _llama_kv(layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, nn.Module]:
+    """Llama family: k_proj and v_proj of the normed h, (n, H_kv·D_h) each (rotary applied
+    later); the attention."""
+    a, attn = layer.input_layernorm(h), layer.self_attn
+    return attn.k_proj(a), attn.v_proj(a), attn
 
 
 def _parts(model: nn.Module, layers: str | None) -> _Parts:
@@ -329,9 +332,7 @@ class WrappedCausalLM(DecoderLM):
         if self._parts.kv is None:  # unknown structure: the whole layer, its output discarded
             self.decode_layer(layer, h[:, None], cache, rows, positions)
             return
-        norm = block.ln_1 if hasattr(block, "ln_1") else block.input_layernorm
-        k, v = self._parts.kv(block, norm(h))  # (n, H_kv·D_h)
-        attn = block.attn if hasattr(block, "attn") else block.self_attn
+        k, v, attn = self._parts.kv(block, h)  # (n, H_kv·D_h)
         head_dim = attn.head_dim
         k = k.view(len(h), 1, -1, head_dim).transpose(1, 2)  # (n, H_kv, 1, D_h)
         v = v.view(len(h), 1, -1, head_dim).transpose(1, 2)

@@ -6,6 +6,7 @@ behaviour is what is checked.
 
 import json
 import re
+import shutil
 from functools import partial
 
 import numpy as np
@@ -189,16 +190,36 @@ def test_rerun_resumes_without_retraining(compared, data):
     assert again.paired == result.paired and again.excluded == result.excluded
 
 
-def test_another_model_schedule_or_variant_list_is_refused(compared, data):
+def test_another_model_schedule_or_reference_is_refused(compared, data):
     out, _ = compared
     before = (out / "compare.json").read_bytes()
     for changes, message in (({"model": "resnet32"}, "model: 'resnet20' there"),
                              ({"epochs": 2}, "schedule: quick (1 epochs) there"),
-                             ({"variants": ["none", "relative:0.1"]}, "variants:")):
+                             ({"variants": ["distill:2", "none"]}, "reference: 'none' there")):
         kwargs = {"schedule": "quick", "epochs": 1, "seeds": [0, 1], **changes}
         with pytest.raises(RunDirError, match=re.escape(message)):
             compare(out, data=data, jobs=1, progress=False, **kwargs)
     assert (out / "compare.json").read_bytes() == before
+
+
+def test_a_variant_added_later_reuses_the_reference_runs(compared, data, tmp_path, monkeypatch):
+    out, result = compared
+    grown = tmp_path / "grown"
+    shutil.copytree(out, grown)
+    records = sorted(grown.glob("results/*/*.json"))
+    before = {p: p.stat().st_mtime_ns for p in records}
+    monkeypatch.setattr(pipeline, "evaluate_policies", partial(evaluate_policies, folds=2))
+    again = compare(grown, schedule="quick", epochs=1, seeds=[0, 1, 2], data=data, jobs=1,
+                    variants=["none", "distill:2", "stopping:1"], progress=False)
+    assert {p: p.stat().st_mtime_ns for p in records} == before  # nothing retrained
+    assert again.paired["distill:2"] == result.paired["distill:2"]
+    assert set(again.paired) == {"distill:2", "stopping:1"}
+    assert json.loads((grown / "settings.json").read_text())["variants"] == \
+        ["none", "distill:2", "stopping:1"]
+    final = again.summary["per_variant"]["none"]["final_accuracy"]
+    values = [e["final_accuracy"] for e in again.summary["per_seed"]["none"]]
+    assert final["median"] == np.median(values) and final["ci95"][0] <= final["median"]
+    assert "## Each variant over its seeds" in (grown / "report.md").read_text()
 
 
 @pytest.mark.slow  # ~30 s: four runs in two spawned workers, each fitting every policy

@@ -109,3 +109,90 @@ def test_regularizer_errors():
         optdepth.create_regularizer("relative", rho=0.5)
     with pytest.raises(ConfigError, match="temperature must be"):
         optdepth.create_regularizer("distill", temperature=0)
+
+
+# --- the expected stopping loss -----------------------------------------------------------------
+
+def brute_force_soft_stopping(rewards, tau):
+    """q by the definition, one path and one exit at a time (float64)."""
+    t_max = len(rewards)
+    value, stop = rewards[-1], [1.0] * t_max
+    for t in range(t_max - 2, -1, -1):
+        stop[t] = 1 / (1 + math.exp(-(rewards[t] - value) / tau))
+        value = stop[t] * rewards[t] + (1 - stop[t]) * value
+    q, alive = [], 1.0
+    for t in range(t_max):
+        q.append(alive * stop[t])
+        alive *= 1 - stop[t]
+    return q
+
+
+def test_soft_stopping_distribution_matches_its_definition():
+    from optdepth.losses import soft_stopping_distribution
+    torch.manual_seed(0)
+    rewards = torch.randn(5, 7, dtype=torch.float64)
+    q = soft_stopping_distribution(rewards, 0.3)
+    torch.testing.assert_close(q.sum(dim=0), torch.ones(7, dtype=torch.float64))
+    for b in range(7):
+        expected = brute_force_soft_stopping(rewards[:, b].tolist(), 0.3)
+        torch.testing.assert_close(q[:, b], torch.tensor(expected, dtype=torch.float64))
+    # two exits: q_1 = σ((r_1 − r_2) / τ)
+    two = soft_stopping_distribution(torch.tensor([[0.5], [0.2]], dtype=torch.float64), 0.1)
+    assert two[0, 0].item() == pytest.approx(1 / (1 + math.exp(-3.0)))
+
+
+def test_soft_stopping_distribution_tends_to_the_hard_envelope():
+    """τ → 0: the rule stops at each path's best exit (the pathwise Snell envelope)."""
+    from optdepth.losses import soft_stopping_distribution
+    torch.manual_seed(1)  # distinct rewards 0.1 apart, in random order along each path
+    rewards = torch.stack([torch.randperm(6) for _ in range(50)], dim=1).double() / 10
+    q = soft_stopping_distribution(rewards, 1e-3)
+    torch.testing.assert_close(q, F.one_hot(rewards.argmax(dim=0), 6).T.to(q), atol=1e-6, rtol=0)
+
+
+def test_stopping_penalty_known_value_and_gradient():
+    """One sample, two exits, known logits: the penalty is Σ_t q_t (ℓ_t + λ C_t) by hand."""
+    reg = optdepth.create_regularizer("stopping", beta=1.0, price=0.3, temperature=0.2,
+                                      costs=(0.4, 1.0))
+    logits = torch.tensor([[[2.0, 0.0, 0.0]], [[0.0, 3.0, 0.0]]], requires_grad=True)
+    y = torch.tensor([1])
+    value = reg(outputs([[1.0], [1.0]], logits), targets=y)
+    log_p = torch.log_softmax(logits.detach(), -1)[:, 0]  # (2, 3)
+    rewards = [log_p[0].max().item() - 0.3 * 0.4, log_p[1].max().item() - 0.3]
+    q1 = 1 / (1 + math.exp(-(rewards[0] - rewards[1]) / 0.2))
+    losses = [-log_p[0, 1].item() + 0.12, -log_p[1, 1].item() + 0.3]
+    assert value.item() == pytest.approx(q1 * losses[0] + (1 - q1) * losses[1], rel=1e-5)
+    value.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_stopping_penalty_prefers_early_exits_that_are_right():
+    """Same losses at a higher price: the rule moves earlier; a confidently wrong first exit is
+    penalised more than a confidently right one."""
+    right = torch.tensor([[[4.0, 0.0]], [[4.0, 0.0]]])
+    wrong = torch.tensor([[[0.0, 4.0]], [[4.0, 0.0]]])
+    y = torch.tensor([0])
+    reg = optdepth.create_regularizer("stopping", beta=1.0, price=0.0, costs=(0.5, 1.0))
+    assert reg(outputs([[1.0], [1.0]], wrong), targets=y) > reg(outputs([[1.0], [1.0]], right),
+                                                              targets=y)
+
+
+def test_stopping_penalty_bad_input():
+    with pytest.raises(ConfigError, match="price must be a finite number >= 0"):
+        optdepth.create_regularizer("stopping", price=-1.0)
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+        optdepth.create_regularizer("stopping", temperature=0.0)
+    with pytest.raises(ConfigError, match="costs must increase strictly"):
+        optdepth.create_regularizer("stopping", costs=(0.5, 0.4, 1.0))
+    reg = optdepth.create_regularizer("stopping", beta=1.0, costs=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="reads the labels"):
+        reg(outputs([[1.0], [1.0]]))
+    with pytest.raises(ConfigError, match="2 exit costs but the model has 3 exits"):
+        reg(outputs([[1.0]], torch.zeros(3, 1, 4)), targets=torch.tensor([0]))
+
+
+def test_stopping_penalty_reads_the_models_exit_costs():
+    model = optdepth.create_model("resnet20", width=2, exits="stages")
+    reg = optdepth.create_regularizer("stopping", beta=1.0)
+    reg.attach(model)
+    assert reg.costs == tuple(float(c) for c in model.exit_costs())

@@ -21,8 +21,9 @@ The folder::
     results/<variant>/seed<k>.json  each run's measured record, or its divergence
     compare.json, report.md         the comparison; forest.png, seed_bands.png
 
-A rerun with the same settings reuses every finished record and resumes the others; a folder
-of another model, schedule or variant list is refused. A run whose loss became NaN is recorded
+A rerun with the same settings reuses every finished record and resumes the others; variants
+and seeds may be added (the reference's runs are reused), but a folder of another model,
+schedule or reference variant is refused. A run whose loss became NaN is recorded
 as diverged and excluded by name; rerunning does not retry it (training is deterministic given
 its seed; delete its ``results`` file to retry).
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from optdepth.data.fashion_mnist import FashionMNIST, load_fashion_mnist
@@ -51,7 +53,7 @@ from optdepth.experiments.image_demo import (
     demo_plan,
     fit_plan_to_data,
 )
-from optdepth.experiments.paired import paired_stat
+from optdepth.experiments.paired import bootstrap_median_interval, paired_stat
 from optdepth.experiments.pipeline import net_metrics, policy_suite, train_and_evaluate
 from optdepth.io import write_json
 from optdepth.losses.depth import REGULARIZERS
@@ -233,7 +235,8 @@ def compare(out: str | Path, *, model: str = "resnet20", schedule: str = "demo",
         # threads=None: each worker sets its own, so another --jobs still resumes these runs
         base = demo_base_config(plan, data_dir, None, model)
         settings = {"model": model, "schedule": dataclasses.asdict(plan),
-                    "variants": [v.name for v in chosen], "base_config": base.to_dict()}
+                    "reference": chosen[0].name, "variants": [v.name for v in chosen],
+                    "base_config": base.to_dict()}
         _claim_settings(out, settings)
         todo = [job for job in _jobs(out, chosen, seeds, base)
                 if not job.result_path.is_file()]
@@ -310,7 +313,9 @@ def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
             stored = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} is unreadable; restore it or use another folder") from exc
-        differ = [key for key in settings if stored.get(key) != settings[key]]
+        stored.setdefault("reference", (stored.get("variants") or [None])[0])
+        # the variants after the reference may change: each (variant, seed) has its own record
+        differ = [key for key in settings if key != "variants" and stored.get(key) != settings[key]]
         if len(differ) > 1 and "base_config" in differ:  # it follows from the others
             differ.remove("base_config")
         if differ:
@@ -318,8 +323,10 @@ def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
                               for k in differ)
             raise RunDirError(f"{out} holds a compare with other settings ({shown}); results"
                               " are never mixed: use another output folder (nothing was changed)")
-        return
-    write_marker(out, "compare")
+        if stored.get("variants") == settings["variants"]:
+            return
+    else:
+        write_marker(out, "compare")
     write_json(path, settings)
 
 
@@ -424,8 +431,10 @@ def summarize(records: dict[tuple[str, int], dict[str, Any]], variants: list[str
     per_seed = {v: [_seed_entry(s, converged[(v, s)], level) for s in seeds if (v, s) in converged]
                 for v in variants}
     paired = {v: _paired(per_seed[variants[0]], per_seed[v], policies) for v in variants[1:]}
+    per_variant = {v: _variant_stats(per_seed[v], policies) for v in variants}
     return {"seeds": list(seeds), "variants": list(variants), "reference": variants[0],
-            "policies": policies, "per_seed": per_seed, "paired": paired, "excluded": excluded,
+            "policies": policies, "per_seed": per_seed, "paired": paired,
+            "per_variant": per_variant, "excluded": excluded,
             "matched_accuracy": {"accuracy": level, "rule": MATCHED_RULE},
             "iso_accuracy_rule": ISO_RULE,
             "statistics": "median of the per-seed paired values; ci95: percentile bootstrap of"
@@ -444,6 +453,22 @@ def _seed_entry(seed: int, net: dict[str, Any], level: float) -> dict[str, Any]:
                                 for p, r in records.items()},
             "iso_accuracy": {p: r["iso_accuracy"]["accuracy"] for p, r in records.items()},
             "oracle_gap_closed": net["policy_comparison"]["oracle_gap_closed"]}
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """{"median", "ci95"} of one variant's per-seed values (ci95 None below 2 seeds)."""
+    if not values:
+        return {"median": None, "ci95": None, "n": 0}
+    ci = list(bootstrap_median_interval(values)) if len(values) >= 2 else None
+    return {"median": float(np.median(values)), "ci95": ci, "n": len(values)}
+
+
+def _variant_stats(entries: list[dict[str, Any]], policies: list[str]) -> dict[str, Any]:
+    """One variant's own figures over its seeds (not paired): the final exit's accuracy, and
+    each policy's compute and test accuracy at iso-accuracy, as median and bootstrap interval."""
+    return {"final_accuracy": _spread([e["final_accuracy"] for e in entries]),
+            "iso_compute": {p: _spread([e["iso_compute"][p] for e in entries]) for p in policies},
+            "iso_accuracy": {p: _spread([e["iso_accuracy"][p] for e in entries]) for p in policies}}
 
 
 def _paired(reference: list[dict[str, Any]], entries: list[dict[str, Any]],

@@ -6,11 +6,13 @@ from optdepth.losses.depth import (
     DistillPenalty,
     KineticPenalty,
     RelativeNormPenalty,
+    StoppingLossPenalty,
     create_regularizer,
     list_regularizers,
+    soft_stopping_distribution,
 )
 from optdepth.losses.multi_exit import exit_weights, multi_exit_cross_entropy
 
 __all__ = ["DecayHingePenalty", "DepthRegularizer", "DistillPenalty", "KineticPenalty",
-           "RelativeNormPenalty", "create_regularizer", "exit_weights", "list_regularizers",
-           "multi_exit_cross_entropy"]
+           "RelativeNormPenalty", "StoppingLossPenalty", "create_regularizer", "exit_weights",
+           "list_regularizers", "multi_exit_cross_entropy", "soft_stopping_distribution"]

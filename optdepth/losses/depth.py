@@ -39,22 +39,38 @@ class DepthRegularizer(nn.Module):
         self.beta = float(beta)
         self.warmup_epochs = float(warmup_epochs)
 
+    def attach(self, model: nn.Module) -> None:
+        """Read what the penalty needs of the model it trains (its exit costs); default none."""
+
     def weight(self, epoch: float | None = None) -> float:
         """β after warm-up at fractional ``epoch`` (full β when ``epoch`` is None)."""
         if epoch is None or self.warmup_epochs == 0:
             return self.beta
         return self.beta * min(1.0, max(0.0, epoch) / self.warmup_epochs)
 
-    def penalty(self, outputs: ExitOutputs) -> Tensor:
-        """Unweighted scalar penalty of one forward pass."""
+    #: Whether :meth:`penalty` reads the labels (then ``forward`` must be given ``targets``).
+    needs_targets = False
+
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None) -> Tensor:
+        """Unweighted scalar penalty of one forward pass; ``targets`` (B,) class indices."""
         raise NotImplementedError
 
-    def forward(self, outputs: ExitOutputs, epoch: float | None = None) -> Tensor:
-        """Scalar β(epoch) · penalty; exactly zero (no graph) when β(epoch) is 0."""
+    def forward(self, outputs: ExitOutputs, epoch: float | None = None,
+                targets: Tensor | None = None) -> Tensor:
+        """Scalar β(epoch) · penalty; exactly zero (no graph) when β(epoch) is 0.
+
+        Args:
+            outputs: the multi-exit forward pass, logits (T, B, C).
+            epoch: fractional epoch, for the warm-up of β.
+            targets: (B,) class indices; required by a variant with ``needs_targets``.
+        """
         w = self.weight(epoch)
         if w == 0.0:
             return outputs.logits.new_zeros(())
-        return w * self.penalty(outputs)
+        if self.needs_targets and targets is None:
+            raise ConfigError(f"the {type(self).__name__} L_depth reads the labels: call it as"
+                              " regularizer(outputs, epoch=..., targets=labels)")
+        return w * self.penalty(outputs, targets)
 
 
 def depth_ramp(num_blocks: int, device: torch.device | None = None) -> Tensor:
@@ -65,7 +81,7 @@ def depth_ramp(num_blocks: int, device: torch.device | None = None) -> Tensor:
 class RelativeNormPenalty(DepthRegularizer):
     """Σ_t w_t · E_b[(||F_t|| / ||S_t||)²] with w_t = t / blocks (normalised to sum to 1)."""
 
-    def penalty(self, outputs: ExitOutputs) -> Tensor:
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
         relative_norms = outputs.relative_residual_norms  # (blocks, B)
         w = depth_ramp(relative_norms.shape[0], relative_norms.device)
         return (w / w.sum() * relative_norms.pow(2).mean(dim=1)).sum()
@@ -84,7 +100,7 @@ class DecayHingePenalty(DepthRegularizer):
             raise ConfigError(f"rho must be a number in (0, 1], got {rho!r}")
         self.rho = float(rho)
 
-    def penalty(self, outputs: ExitOutputs) -> Tensor:
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
         relative_norms = outputs.relative_residual_norms  # (blocks, B)
         excess = relative_norms[1:] - self.rho * relative_norms[:-1]  # (blocks-1, B)
         return torch.relu(excess).pow(2).mean(dim=1).sum()
@@ -110,7 +126,7 @@ class DistillPenalty(DepthRegularizer):
             raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.temperature = float(temperature)
 
-    def penalty(self, outputs: ExitOutputs) -> Tensor:
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
         logits = outputs.logits.float() / self.temperature  # (T, B, C)
         if logits.shape[0] < 2:
             return logits.new_zeros(())
@@ -118,6 +134,91 @@ class DistillPenalty(DepthRegularizer):
         early = torch.log_softmax(logits[:-1], dim=-1)  # (T-1, B, C)
         kl = (target.exp() * (target - early)).sum(dim=-1)  # (T-1, B)
         return self.temperature ** 2 * kl.mean()
+
+
+def soft_stopping_distribution(rewards: Tensor, temperature: float) -> Tensor:
+    """Where a soft Snell envelope stops: (T, B) probabilities over exits, summing to 1 per sample.
+
+    Backward induction along each sample's path with a smoothed max: V_T = r_T, and for t < T
+    s_t = σ((r_t − V_{t+1}) / τ), V_t = s_t·r_t + (1 − s_t)·V_{t+1}; the rule stops at t with
+    probability q_t = s_t·Π_{j<t}(1 − s_j) (q_T takes the rest). As τ → 0, s_t becomes
+    1[r_t > max_{j>t} r_j] and q the one-hot of the path's (last) argmax: the hard envelope.
+
+    Args:
+        rewards: (T, B) reward of stopping at each exit.
+        temperature: τ > 0, in the rewards' units.
+    """
+    value = rewards[-1]  # (B,)
+    stops = [torch.ones_like(value)]  # s_T = 1: the last exit always stops
+    for t in range(rewards.shape[0] - 2, -1, -1):
+        stop = torch.sigmoid((rewards[t] - value) / temperature)
+        value = stop * rewards[t] + (1 - stop) * value
+        stops.append(stop)
+    s = torch.stack(stops[::-1])  # (T, B)
+    reached = torch.cumprod(torch.cat([torch.ones_like(s[:1]), 1 - s[:-1]]), dim=0)  # (T, B)
+    return s * reached
+
+
+class StoppingLossPenalty(DepthRegularizer):
+    """The expected stopping loss E_b Σ_t q_t(x)·(ℓ_t(x) + λ·C_t): trains for the stopping rule.
+
+    ℓ_t is exit t's cross-entropy on the label and C_t its cumulative compute (full depth = 1).
+    q(x) is where a differentiable stopping rule stops (:func:`soft_stopping_distribution`),
+    a rule that sees only what a deployed one sees: each exit's own estimate of its loss,
+    −log max_c p_t(c), priced by λ·C_t. The gradient through ℓ weights each exit's loss by how
+    likely the rule stops there (an exit learns hardest on the inputs that leave at it); the
+    gradient through q lowers the confidence of exits where stopping would be wrong and, through
+    λ·C_t, raises it where stopping early is right. The continuation value is read along the
+    sample's own path (its later exits' confidences), not as the conditional expectation a fitted
+    policy estimates: a surrogate, exact in the limit of confident exits.
+
+    Args:
+        price: λ ≥ 0 in nats per full forward pass.
+        temperature: τ > 0 of the soft envelope, in nats.
+        costs: (T,) cumulative exit costs ending at 1; default the model's measured FLOP costs
+            (set by :meth:`attach`), else t / T.
+    """
+
+    needs_targets = True
+
+    def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0, price: float = 0.2,
+                 temperature: float = 0.1, costs: tuple[float, ...] | list[float] | None = None
+                 ) -> None:
+        super().__init__(beta, warmup_epochs)
+        for name, value, low in (("price", price, 0.0), ("temperature", temperature, None)):
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or (value < 0 if low == 0.0 else value <= 0)):
+                raise ConfigError(f"{name} must be a finite number {'>=' if low == 0.0 else '>'}"
+                                  f" 0, got {value!r}")
+        self.price, self.temperature = float(price), float(temperature)
+        self.costs = None if costs is None else _check_costs(costs)
+
+    def attach(self, model: nn.Module) -> None:
+        if self.costs is None and hasattr(model, "exit_costs"):
+            self.costs = tuple(float(c) for c in model.exit_costs())
+
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
+        log_p = torch.log_softmax(outputs.logits.float(), dim=-1)  # (T, B, C)
+        t = log_p.shape[0]
+        loss = -log_p.gather(-1, targets.expand(t, -1).unsqueeze(-1)).squeeze(-1)  # (T, B)
+        if self.costs is not None and len(self.costs) != t:
+            raise ConfigError(f"the stopping L_depth has {len(self.costs)} exit costs but the model"
+                              f" has {t} exits")
+        costs = (torch.tensor(self.costs) if self.costs is not None
+                 else torch.arange(1, t + 1) / t).to(loss).unsqueeze(1)  # (T, 1)
+        priced = self.price * costs
+        q = soft_stopping_distribution(log_p.amax(dim=-1) - priced, self.temperature)
+        return (q * (loss + priced)).sum(dim=0).mean()
+
+
+def _check_costs(costs: Any) -> tuple[float, ...]:
+    """Cumulative exit costs: finite, positive, increasing, ending at 1."""
+    values = tuple(float(c) for c in costs)
+    if (not values or not all(math.isfinite(c) and c > 0 for c in values)
+            or any(b <= a for a, b in zip(values, values[1:], strict=False))
+            or abs(values[-1] - 1.0) > 1e-6):
+        raise ConfigError(f"costs must increase strictly from > 0 to 1 (full depth), got {costs!r}")
+    return values
 
 
 class KineticPenalty(DepthRegularizer):
@@ -151,7 +252,7 @@ class KineticPenalty(DepthRegularizer):
         self.weighting = weight
         self.grid = None if grid is None else depth_grid(None, grid)
 
-    def penalty(self, outputs: ExitOutputs) -> Tensor:
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
         """Σ_t w(s̄_t) E_b||Δh_t||² / Δs_t from the displacements ||Δh_t|| (segments, B)."""
         residual_norms = outputs.residual_norms  # (segments, B)
         n = residual_norms.shape[0]
@@ -172,6 +273,7 @@ REGULARIZERS: Registry[type[DepthRegularizer]] = Registry("regularizer", {
     "decay_hinge": DecayHingePenalty,
     "kinetic": KineticPenalty,
     "distill": DistillPenalty,
+    "stopping": StoppingLossPenalty,
 })
 
 

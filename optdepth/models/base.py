@@ -66,7 +66,9 @@ class MultiExitModel(nn.Module):
     Subclasses must set ``input_shape`` (C, H, W), ``num_classes``, ``num_exits``,
     ``num_blocks`` and ``exit_blocks`` (0-based index of the block each exit follows).
     ``trains_channels_last`` marks convolution-dominated models that the trainer runs in
-    channels-last memory format on every device.
+    channels-last memory format on every device. ``stage_starts`` are the blocks that begin a
+    stage (a change of resolution or width, whose shortcut is a projection): the residual norms
+    decay within a stage and jump at its start, so the decay is fitted stage by stage.
     """
 
     input_shape: tuple[int, int, int]
@@ -75,6 +77,7 @@ class MultiExitModel(nn.Module):
     num_blocks: int
     exit_blocks: tuple[int, ...]
     trains_channels_last: bool = False
+    stage_starts: tuple[int, ...] = (0,)
 
     def __init__(self) -> None:
         super().__init__()

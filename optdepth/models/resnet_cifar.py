@@ -90,6 +90,7 @@ class CifarResNet(BlockStackModel):
         self.input_shape = (in_channels, image_size, image_size)
         self.num_classes = num_classes
         self.num_blocks = 3 * n
+        self.stage_starts = (0, n, 2 * n)
         self.exit_blocks = exit_positions(self.num_blocks, n, exits)
         self.num_exits = len(self.exit_blocks)
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False)

@@ -104,6 +104,7 @@ class ImageNetResNet(MultiExitModel):
         self.num_classes = num_classes
         self.num_blocks = len(self.blocks)
         stage_ends = [sum(layers[:i + 1]) - 1 for i in range(4)]
+        self.stage_starts = (0, *(end + 1 for end in stage_ends[:-1]))
         self.exit_blocks = exit_positions(self.num_blocks, None,
                                           stage_ends if exits == "stages" else exits)
         self.num_exits = len(self.exit_blocks)

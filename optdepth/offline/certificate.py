@@ -12,12 +12,32 @@ Depths are reported in blocks run (1 = the first residual block).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from optdepth.stopping import depth_certificate
+from optdepth.stopping import depth_certificate, fit_diminishing_returns, stagewise_depth_certificate
 from optdepth.traces import Traces
+
+
+def stage_decay_fits(relative: np.ndarray, starts: list[int]) -> list[dict[str, Any]]:
+    """The K·ρ^(t − t_s) fit of each stage's mean relative residual norms (``relative`` (blocks,)).
+
+    A stage's first block is the fit's depth 0. A one-block stage has no decay to fit: its K is
+    its norm and its ρ None.
+    """
+    ends = [*starts[1:], len(relative)]
+    fits = []
+    for start, end in zip(starts, ends, strict=True):
+        stage = relative[start:end]
+        if len(stage) < 2:
+            fits.append({"first_block": int(start), "K": float(stage[0]), "rho": None, "r2": None})
+            continue
+        fit = fit_diminishing_returns(stage)
+        fits.append({"first_block": int(start), "K": float(fit.K), "rho": float(fit.rho),
+                     "r2": float(fit.r_squared)})
+    return fits
 
 
 def utility_lipschitz(traces: Traces, quantile: float = 0.99) -> float:
@@ -48,9 +68,24 @@ def network_certificate(traces: Traces, K: float, rho: float, lam: float,
     lipschitz = utility_lipschitz(traces, quantile)
     step = float(np.mean(np.diff(np.concatenate([[0.0], traces.exit_costs]))))
     mean_depth = float(np.mean(traces.exit_blocks[stop_exits] + 1))
-    t_bar = None
-    if rho < 1 and lam > 0:
-        t_bar = depth_certificate(K, rho, lipschitz, lam * step) + 1.0  # block index -> blocks
-    return {"certificate_depth": t_bar, "mean_optimal_depth": mean_depth,
+    t_bar = stage_t_bar = None
+    if lam > 0:  # block index -> blocks run
+        if rho < 1:
+            t_bar = depth_certificate(K, rho, lipschitz, lam * step) + 1.0
+        stage_t_bar = _stage_certificate(traces, lipschitz, lam * step)
+    return {"certificate_depth": t_bar, "stage_certificate_depth": stage_t_bar,
+            "mean_optimal_depth": mean_depth,
             "lipschitz": lipschitz, "lipschitz_quantile": quantile, "lambda": lam,
             "step_cost": lam * step}
+
+
+def _stage_certificate(traces: Traces, lipschitz: float, step_cost: float) -> float | None:
+    """:func:`~optdepth.stopping.stagewise_depth_certificate` in blocks run, from the traces'
+    per-stage decay fits (None when it is infinite). A one-block stage, with no fitted decay,
+    counts as not decaying."""
+    relative = (traces.residual_norms / np.maximum(traces.state_norms, 1e-12)).mean(axis=0)
+    fits = stage_decay_fits(relative, traces.metadata.get("stage_starts", [0]))
+    t_bar = stagewise_depth_certificate(
+        [f["first_block"] for f in fits], [f["K"] for f in fits],
+        [1.0 if f["rho"] is None else f["rho"] for f in fits], lipschitz, step_cost)
+    return None if math.isinf(t_bar) else t_bar + 1.0

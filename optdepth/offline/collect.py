@@ -17,6 +17,7 @@ from optdepth.data.source import BatchSource
 from optdepth.data.text import TextSplit, eval_windows
 from optdepth.models.base import MultiExitModel
 from optdepth.models.decoder import DecoderLM
+from optdepth.offline.certificate import stage_decay_fits
 from optdepth.offline.forward import forward_split
 from optdepth.stopping import fit_diminishing_returns
 from optdepth.traces import Traces, exit_features
@@ -43,7 +44,8 @@ def collect_traces(model: MultiExitModel, split: BatchSource, split_name: str = 
     relative = out.residual_norms / np.maximum(out.state_norms, 1e-12)
     features = exit_features(out.probs, relative, blocks, costs)
     meta = {"arch": getattr(model, "arch_name", type(model).__name__),
-            "arch_kwargs": getattr(model, "arch_kwargs", {}), "split": split_name}
+            "arch_kwargs": getattr(model, "arch_kwargs", {}), "split": split_name,
+            "stage_starts": [int(b) for b in getattr(model, "stage_starts", (0,))]}
     return Traces(probs=out.probs, labels=out.labels, features=features, exit_costs=costs,
                   residual_norms=out.residual_norms, state_norms=out.state_norms,
                   exit_blocks=blocks, metadata=meta)
@@ -54,6 +56,7 @@ def summarize(traces: Traces) -> dict[str, Any]:
     relative = (traces.residual_norms / np.maximum(traces.state_norms, 1e-12)).mean(axis=0)
     fit = fit_diminishing_returns(relative)
     return {
+        "stage_fits": stage_decay_fits(relative, traces.metadata.get("stage_starts", [0])),
         "exit_accuracy": [float(a) for a in traces.exit_accuracy()],
         "exit_compute": [float(c) for c in traces.exit_costs],
         "exit_blocks": [int(b) for b in traces.exit_blocks],

@@ -17,6 +17,7 @@ Public API:
     :func:`bridge_margin_process`, :func:`free_boundary_rule`, :func:`discrete_boundary_convergence`.
     Operating points: :func:`frontier`, :func:`operating_point`.
     Theory: :func:`fit_diminishing_returns`, :func:`depth_certificate`,
+    :func:`stagewise_depth_certificate`,
     :func:`simulate_residual_stopping`.
 """
 
@@ -44,6 +45,7 @@ from .theory import (
     DiminishingReturnsFit,
     ResidualStoppingSimulation,
     depth_certificate,
+    stagewise_depth_certificate,
     fit_diminishing_returns,
     simulate_residual_stopping,
 )
@@ -80,6 +82,7 @@ __all__ = [
     "margin_paths",
     "create_policy",
     "depth_certificate",
+    "stagewise_depth_certificate",
     "fit_diminishing_returns",
     "frontier",
     "hoeffding_bentkus_p_value",

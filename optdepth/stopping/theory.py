@@ -28,6 +28,7 @@ __all__ = [
     "depth_certificate",
     "fit_diminishing_returns",
     "simulate_residual_stopping",
+    "stagewise_depth_certificate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,48 @@ def depth_certificate(K: float, rho: float, lipschitz: float, step_cost: float) 
     if lipschitz * K <= step_cost:
         return 0.0
     return math.log(lipschitz * K / step_cost) / math.log(1.0 / rho)
+
+
+def stagewise_depth_certificate(starts: Any, K: Any, rho: Any, lipschitz: float,
+                                step_cost: float) -> float:
+    """The certificate of :func:`depth_certificate` when the decay restarts at each stage.
+
+    Within stage s (blocks t_s ≤ t < t_{s+1}) the one-block gain is at most L·K_s·ρ_s^(t − t_s);
+    the last stage is taken to go on for ever (a deeper net of the same stages). Continuing
+    past t̄ never pays, with t̄ the last depth at which some stage's bound still exceeds the
+    step cost: t_s + log(L K_s / c) / log(1/ρ_s) for the last stage s with L·K_s > c, cut at
+    that stage's end unless it is the last stage. With a single stage this is
+    :func:`depth_certificate`.
+
+    Args:
+        starts: (S,) first block index of each stage, increasing from 0.
+        K, rho: (S,) the stages' fitted scales (> 0) and decays (ρ_s ≥ 1: the stage does not
+            decay, so its bound holds to its end).
+        lipschitz: L ≥ 0.
+        step_cost: λ·ΔC > 0.
+
+    Returns:
+        t̄ as a block index (0 when no block's bound exceeds the cost; inf when the last stage
+        that exceeds it does not decay).
+    """
+    starts = as_float_array(starts, "starts", ndim=1)
+    K, rho = as_float_array(K, "K", ndim=1), as_float_array(rho, "rho", ndim=1)
+    if not (len(starts) == len(K) == len(rho) >= 1) or starts[0] != 0 or np.any(np.diff(starts) <= 0):
+        raise ValueError(f"starts, K and rho must be (S,) arrays of one length, starts increasing"
+                         f" from 0; got starts {starts.tolist()}, {len(K)} K and {len(rho)} rho")
+    lipschitz = check_real(lipschitz, "lipschitz", low=0.0)
+    step_cost = check_real(step_cost, "step_cost", low=0.0, low_inclusive=False)
+    for s in range(len(starts) - 1, -1, -1):
+        if lipschitz * K[s] <= step_cost:
+            continue
+        end = math.inf if s == len(starts) - 1 else starts[s + 1] - starts[s] - 1
+        if end == 0:  # a one-block stage: its block is the last whose bound exceeds the cost
+            return float(starts[s])
+        if rho[s] >= 1:  # no decay within the stage: the bound holds to its end
+            return float(starts[s] + end)
+        return float(starts[s] + min(depth_certificate(float(K[s]), float(rho[s]), lipschitz,
+                                                       step_cost), end))
+    return 0.0
 
 
 @dataclass(frozen=True)

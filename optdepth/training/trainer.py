@@ -105,6 +105,7 @@ class _Run:
         self.regularizer: DepthRegularizer = create_regularizer(
             config.regularizer, beta=config.beta, warmup_epochs=config.beta_warmup_epochs,
             **config.regularizer_kwargs)
+        self.regularizer.attach(self.model)
         self.optimizer = build_optimizer(self.model, config)
         steps = task.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -152,7 +153,7 @@ class _Run:
             out = self.net(inputs)
             ce = multi_exit_cross_entropy(out.logits, targets, self.config.exit_weighting,
                                           self.config.label_smoothing)
-            reg = self.regularizer(out, epoch=epoch)
+            reg = self.regularizer(out, epoch=epoch, targets=targets)
         return ce + reg, ce, reg
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:

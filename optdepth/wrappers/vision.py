@@ -183,6 +183,8 @@ class WrappedVisionModel(MultiExitModel):
         self.backbone = model
         self.input_shape = _input_shape(model, input_shape)
         self.num_blocks = len(family.units)
+        self.stage_starts = tuple(i for i, u in enumerate(family.units)
+                                  if i == 0 or u.stage != family.units[i - 1].stage)
         self.exit_blocks = self._exit_blocks(exits)
         self.num_exits = len(self.exit_blocks)
         self.trains_channels_last = not family.tokens

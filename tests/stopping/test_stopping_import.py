@@ -54,6 +54,7 @@ def test_public_api_is_exported():
         "operating_point",
         "fit_diminishing_returns",
         "depth_certificate",
+        "stagewise_depth_certificate",
         "simulate_residual_stopping",
     }
     assert expected <= set(stopping.__all__)

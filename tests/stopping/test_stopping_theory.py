@@ -14,6 +14,7 @@ from optdepth.stopping import (
     oracle_stop_times,
     policy_value,
     simulate_residual_stopping,
+    stagewise_depth_certificate,
 )
 
 
@@ -100,3 +101,44 @@ def test_array_engine_finds_the_same_depths_on_simulated_residual_paths():
     value, se = policy_value(rewards, policy.stop_times(norms[:, :, None]))
     assert abs(value - fresh.value[0]) < 4 * se + 1e-3
     assert policy.stop_times(norms[:, :, None]).max() <= math.ceil(fresh.t_bar)
+
+
+def _last_paying_block(starts, K, rho, lipschitz, cost, horizon=2000):
+    """Brute force: the last block (up to ``horizon``) whose one-block bound exceeds ``cost``."""
+    ends = [*starts[1:], horizon]
+    last = None
+    for s, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        for t in range(start, end):
+            if lipschitz * K[s] * rho[s] ** (t - start) > cost:
+                last = t
+    return last
+
+
+def test_stagewise_certificate_matches_the_brute_force_last_paying_block():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        stages = int(rng.integers(1, 5))
+        starts = np.concatenate([[0], np.cumsum(rng.integers(1, 8, stages - 1))]).astype(int)
+        K, rho = rng.uniform(0.2, 3.0, stages), rng.uniform(0.2, 0.95, stages)
+        lipschitz, cost = float(rng.uniform(0.1, 2.0)), float(rng.uniform(0.01, 0.5))
+        t_bar = stagewise_depth_certificate(starts, K, rho, lipschitz, cost)
+        last = _last_paying_block(starts.tolist(), K, rho, lipschitz, cost)
+        if last is None:
+            assert t_bar == 0.0
+        else:  # the continuous depth at which the bound crosses the cost, past the last block
+            assert last <= t_bar < last + 1
+
+
+def test_stagewise_certificate_known_values():
+    # one stage: the plain certificate
+    assert stagewise_depth_certificate([0], [2.0], [0.5], 1.0, 0.25) == \
+        pytest.approx(depth_certificate(2.0, 0.5, 1.0, 0.25)) == pytest.approx(3.0)
+    # the last stage's bound starts under the cost: the earlier stage decides, cut at its end
+    assert stagewise_depth_certificate([0, 2], [8.0, 0.1], [0.5, 0.5], 1.0, 0.25) == 1.0
+    # the last stage starts at 4 with L·K = 1 and ρ = 1/2: 4 + log2(4) = 6
+    assert stagewise_depth_certificate([0, 4], [8.0, 1.0], [0.5, 0.5], 1.0, 0.25) == \
+        pytest.approx(6.0)
+    # a last stage that does not decay has no finite certificate
+    assert stagewise_depth_certificate([0, 4], [8.0, 1.0], [0.5, 1.0], 1.0, 0.25) == math.inf
+    with pytest.raises(ValueError, match="starts increasing from 0"):
+        stagewise_depth_certificate([1, 4], [1.0, 1.0], [0.5, 0.5], 1.0, 0.25)

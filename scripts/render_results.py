@@ -7,9 +7,11 @@ adding or re-running a result:
     .venv/bin/python scripts/render_results.py --check    # exit 1 if either is out of date
 
 Each entry of :data:`RESULTS` names a result by its configuration (model, schedule, variant,
-seeds), the command that produced it and its file. Entries with a ``metrics.json`` in the demo's
-schema get their tables rendered (per-exit accuracy, each policy's iso-accuracy point, the
-comparison at one test accuracy); the others are listed with their JSON, which holds the figures.
+seeds), the command that produced it and its file. Entries with a ``compare.json``
+(``optdepth compare``) get their paired multi-seed tables rendered; entries with a
+``metrics.json`` in the demo's schema get their single-run tables (per-exit accuracy, each
+policy's iso-accuracy point, the comparison at one test accuracy); the others are listed with
+their JSON, which holds the figures. The README's headline table comes from the compare.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optdepth.reports.compare_report import paired_table, variant_table
 from optdepth.reports.demo_report import (
+    _row,
     exit_table,
     guarantee_section,
     matched_accuracy_line,
@@ -33,8 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
-#: The README's quick-start block, rendered from this result.
-README_RESULT = "demo_resnet20"
+#: The README's headline block, rendered from this compare: the demo's two training methods,
+#: the best threshold rule, LSM and the oracle bound.
+README_RESULT = "compare_resnet20_demo"
+README_VARIANTS = ("none", "distill:2")
+README_POLICIES = ("max_prob", "lsm", "oracle")
 BLOCK = ("<!-- results:demo:start -->", "<!-- results:demo:end -->")
 
 
@@ -51,8 +58,15 @@ class Result:
 
 
 RESULTS = (
+    Result("compare_resnet20_demo", "resnet20", "demo (5 epochs)",
+           "none, distill 2, stopping 1/4, distill 2 + stopping 1", "0 1 2 3 4",
+           "optdepth compare --variants none distill:2 stopping:1 stopping:4"
+           " distill:2+stopping:1 --seeds 0 1 2 3 4 --jobs 2 --threads 1 --out DIR"),
     Result("demo_resnet20", "resnet20", "demo (5 epochs)", "none vs distill β=2", "0",
            "optdepth demo --out DIR"),
+    Result("depth_sweep", "resnet20, 32, 56, 110", "quick, 3 epochs on 20,000 images",
+           "none (the finite-depth theorem)", "0 1 2",
+           "python benchmarks/depth_sweep.py --threads 2 --runs DIR"),
     Result("full_resnet20", "resnet20", "full (30 epochs)", "none vs relative β=0.1", "0",
            "optdepth demo --full --threads 1 --out DIR"),
     Result("full_res", "resnet20, stem_stride=1", "full, 15 epochs", "none vs distill β=2", "0",
@@ -121,8 +135,9 @@ RESULTS = (
 )
 
 
-def _metrics(result: Result) -> dict[str, Any] | None:
-    path = RESULTS_DIR / result.path / "metrics.json"
+def _read(result: Result, name: str) -> dict[str, Any] | None:
+    """The result folder's ``name`` (metrics.json, compare.json), or None."""
+    path = RESULTS_DIR / result.path / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -152,42 +167,79 @@ def _section(result: Result, metrics: dict[str, Any]) -> list[str]:
     return [*lines, *guarantee_section(metrics["nets"], depth=3)]
 
 
-def readme_block(metrics: dict[str, Any]) -> str:
-    """The quick-start table: each net's last exit and two policies at iso-accuracy."""
-    lines = ["| net | last-exit test acc. (%) | policy | compute at iso-accuracy | test acc. (%) |"
-             " wall speed-up |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, net in metrics["nets"].items():
-        for policy in ("max_prob", "lsm", "oracle"):
-            iso = net["policies"][policy]["iso_accuracy"]
-            wall = iso.get("wall_speedup")
-            lines.append(f"| {name} | {100 * net['exit_accuracy'][-1]:.2f} | {policy} |"
-                         f" {iso['mean_compute']:.3f} | {100 * iso['accuracy']:.2f} |"
-                         f" {'–' if wall is None else f'{wall:.2f}x'} |")
-    env = metrics["environment"]
-    return "\n".join([*lines, "", f"(torch {env['torch']}, {env['threads']} threads, one seed;"
-                      " the oracle is a bound, not a policy. Details: [docs/results.md]"
-                      "(docs/results.md).)"])
+def _compare_section(result: Result, summary: dict[str, Any]) -> list[str]:
+    """A compare's tables: each variant over its seeds, then each against the reference."""
+    env, level = summary["environment"], summary["matched_accuracy"]["accuracy"]
+    lines = [f"## {result.path}: {result.model}, {result.schedule}, seeds {result.seeds}", "",
+             f"`{result.command}` — torch {env['torch']}, {env['machine']}; full report with the"
+             f" forest plot and per-seed values: [report.md](../benchmarks/results/{result.path}"
+             "/report.md). Each cell: median over seeds [95% bootstrap interval]; paired cells"
+             " add the Wilcoxon p-value. Iso-accuracy: " + summary["iso_accuracy_rule"] + "."
+             " Matched accuracy: " + ("–" if level is None else f"{100 * level:.2f}%") + ", "
+             + summary["matched_accuracy"]["rule"] + ".", "", *variant_table(summary), ""]
+    for variant, paired in summary["paired"].items():
+        lines += [f"`{variant}` against `{summary['reference']}`, paired by seed:", "",
+                  *paired_table(paired), ""]
+    return lines
+
+
+def _depth_sweep_section(result: Result, sweep: dict[str, Any]) -> list[str]:
+    """Stopping depths and certificates against the net's depth, median [min, max] over seeds."""
+    def cell(entry: dict[str, Any] | None, spec: str = ".2f", scale: float = 1.0) -> str:
+        if entry is None:
+            return "∞"
+        lo, mid, hi = (format(scale * entry[k], spec) for k in ("min", "median", "max"))
+        return f"{mid} [{lo}, {hi}]"
+
+    lines = [f"## {result.path}: {result.model}, {result.schedule}, seeds {result.seeds}", "",
+             f"`{result.command}`, {sweep['threads']} threads. At one price of compute,"
+             f" λ = {sweep['price_per_resnet20_pass']:g} (accuracy) per ResNet-20 forward pass,"
+             " so a block costs the same in every net: the mean depth (blocks run) at which LSM"
+             " and the prophet stop on test, and the finite-depth certificate t̄ from one decay"
+             " fit and from one fit per stage. Median [min, max] over seeds.", "",
+             _row(["net", "blocks", "final-exit acc. (%)", "LSM depth", "prophet depth",
+                   "t̄ (one fit)", "t̄ (per stage)"]), _row(["---"] * 7)]
+    for depth, e in sweep["per_depth"].items():
+        lines.append(_row([f"resnet{depth}", e["blocks"], cell(e["final_accuracy"], ".2f", 100),
+                           cell(e["lsm_depth"]), cell(e["prophet_depth"]),
+                           cell(e["certificate_depth"], ".1f"),
+                           cell(e["stage_certificate_depth"], ".1f")]))
+    return [*lines, "", f"![depth sweep](../benchmarks/results/{result.path}/depth_sweep.png)", ""]
+
+
+def readme_block(summary: dict[str, Any]) -> str:
+    """The headline table: the demo's two nets over seeds, three policies at iso-accuracy."""
+    lines = variant_table(summary, README_POLICIES, README_VARIANTS)
+    env = summary["environment"]
+    return "\n".join([*lines, "", f"(median [95% bootstrap interval] over {len(summary['seeds'])}"
+                      f" paired seeds; torch {env['torch']}; the oracle is a bound, not a policy;"
+                      " other variants, matched-accuracy ratios and p-values:"
+                      " [docs/results.md](docs/results.md).)"])
 
 
 def render_readme(text: str) -> str:
     """``text`` (the README) with its results block rendered anew."""
     start, end = text.index(BLOCK[0]), text.index(BLOCK[1])
-    metrics = _metrics(next(r for r in RESULTS if r.path == README_RESULT))
-    return text[:start + len(BLOCK[0])] + "\n" + readme_block(metrics) + "\n" + text[end:]
+    summary = _read(next(r for r in RESULTS if r.path == README_RESULT), "compare.json")
+    return text[:start + len(BLOCK[0])] + "\n" + readme_block(summary) + "\n" + text[end:]
 
 
 def render() -> str:
     """The whole page, as markdown."""
     lines = ["# Results", "",
              "Rendered by `scripts/render_results.py` from the files in `benchmarks/results/`:"
-             " every figure here is read from those JSON files. Each result is one seed per net"
-             " unless its seeds column says otherwise; a comparison of training methods needs"
-             " paired seeds and an interval before it means anything. Wall-clock figures are"
+             " every figure here is read from those JSON files. The first result compares training"
+             " methods over paired seeds, with intervals; the others are one seed per net unless"
+             " their seeds column says otherwise, and their differences between training methods"
+             " are within the seed-to-seed spread the compare measures. Wall-clock figures are"
              " interleaved medians on the machine and thread count stated.", "",
              "## Index", "", *_index(), ""]
     for result in RESULTS:
-        metrics = _metrics(result)
-        if metrics is not None:
+        if (summary := _read(result, "compare.json")) is not None:
+            lines += _compare_section(result, summary)
+        elif (sweep := _read(result, "depth_sweep.json")) is not None:
+            lines += _depth_sweep_section(result, sweep)
+        elif (metrics := _read(result, "metrics.json")) is not None:
             lines += _section(result, metrics)
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from optdepth.experiments.compare import Variant, compare, summarize
 from optdepth.experiments.image_demo import SCHEDULES, demo_base_config
 from optdepth.experiments.paired import bootstrap_median_interval, paired_stat, signed_rank_p
 from optdepth.offline import evaluate_policies
-from optdepth.training import train
+from optdepth.training import TrainConfig, train
 from optdepth.training import trainer as trainer_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -263,6 +263,21 @@ def test_variant_names_are_canonical():
         == "relative_0.1"
     with pytest.raises(ConfigError):
         Variant.parse(3)
+
+
+def test_a_combined_variant_trains_the_sum_of_its_terms():
+    both = Variant.parse("distill:2.0+stopping:1")
+    assert both.name == "distill:2+stopping:1" and both.folder == "distill_2+stopping_1"
+    config = both.config(TrainConfig(model="resnet20", epochs=1), seed=3)
+    assert (config.regularizer, config.beta, config.seed) == ("sum", 1.0, 3)
+    assert config.regularizer_kwargs == {"terms": {"distill": 2.0, "stopping": 1.0}}
+    single = Variant.parse("distill:2").config(TrainConfig(model="resnet20", epochs=1), seed=0)
+    assert (single.regularizer, single.beta) == ("distill", 2.0)
+    for text, message in (("distill:2+distill:1", "names a regularizer twice"),
+                          ("distill:2+", "unknown variant"), ("sum:1", "unknown variant"),
+                          ("distill:2+stopping:0", "beta must be a finite number > 0")):
+        with pytest.raises(ConfigError, match=message):
+            Variant.parse(text)
 
 
 def test_results_of_another_folder_kind_are_not_touched(tmp_path, data):

@@ -196,3 +196,33 @@ def test_stopping_penalty_reads_the_models_exit_costs():
     reg = optdepth.create_regularizer("stopping", beta=1.0)
     reg.attach(model)
     assert reg.costs == tuple(float(c) for c in model.exit_costs())
+
+
+def test_sum_penalty_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 4, 5), torch.randint(0, 5, (4,))
+    out = outputs(torch.rand(3, 4), logits)
+    total = optdepth.create_regularizer(
+        "sum", beta=1.5, terms={"distill": 2.0, "stopping": 0.5},
+        term_kwargs={"stopping": {"price": 0.1, "costs": (0.2, 0.6, 1.0)}})
+    distill = optdepth.create_regularizer("distill", beta=2.0)
+    stopping = optdepth.create_regularizer("stopping", beta=0.5, price=0.1, costs=(0.2, 0.6, 1.0))
+    expected = 1.5 * (distill(out) + stopping(out, targets=y))
+    torch.testing.assert_close(total(out, targets=y), expected)
+    assert total.needs_targets and not optdepth.create_regularizer(
+        "sum", beta=1.0, terms={"distill": 1.0, "relative": 1.0}).needs_targets
+
+
+def test_sum_penalty_attaches_its_terms_and_refuses_bad_terms():
+    model = optdepth.create_model("resnet20", width=2, exits="stages")
+    total = optdepth.create_regularizer("sum", beta=1.0, terms={"distill": 1.0, "stopping": 1.0})
+    total.attach(model)
+    assert total.parts["stopping"].costs == tuple(float(c) for c in model.exit_costs())
+    for terms, message in (({}, "needs terms"), (None, "needs terms"),
+                           ({"sum": 1.0}, "other than 'sum'"),
+                           ({"distill": -1.0}, "beta must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            optdepth.create_regularizer("sum", terms=terms)
+    with pytest.raises(ConfigError, match="not terms: stopping"):
+        optdepth.create_regularizer("sum", terms={"distill": 1.0},
+                                    term_kwargs={"stopping": {"price": 0.1}})

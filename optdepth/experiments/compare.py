@@ -8,9 +8,9 @@ the first, seed by seed: mean compute at one matched test accuracy and at iso-ac
 the final exit's accuracy and the fitted decay rate ρ (differences), each as a median, a paired
 95% bootstrap interval and a Wilcoxon p-value (:mod:`optdepth.experiments.paired`).
 
-A variant is ``none`` (no L_depth) or ``<regularizer>:<beta>`` with a name of the L_depth
-registry (:data:`optdepth.losses.depth.REGULARIZERS`): a new variant needs only its registry
-entry. Seeds are paired: a run's seed alone decides its initial weights (``torch.manual_seed``
+A variant is ``none`` (no L_depth), ``<regularizer>:<beta>`` with a name of the L_depth
+registry (:data:`optdepth.losses.depth.REGULARIZERS`), or several of those joined by ``+``
+(``distill:2+stopping:1``: their sum): a new variant needs only its registry entry. Seeds are paired: a run's seed alone decides its initial weights (``torch.manual_seed``
 before the model is built) and its batch order (a generator seeded by seed and epoch), so the
 same seed gives every variant the same start and the same data.
 
@@ -80,21 +80,36 @@ ISO_RULE = ("each run's own operating point, chosen on calibration: the least me
 
 @dataclass(frozen=True)
 class Variant:
-    """One training method: no L_depth (``regularizer`` None) or an L_depth variant at ``beta``."""
+    """One training method: no L_depth (no terms) or a sum of L_depth variants, each at its β.
 
-    regularizer: str | None
-    beta: float
+    ``terms`` is ((regularizer, beta), ...): one term trains that regulariser at that β, several
+    train :class:`~optdepth.losses.depth.SumPenalty` of them (``distill:2+stopping:1``).
+    """
+
+    terms: tuple[tuple[str, float], ...]
 
     @classmethod
     def parse(cls, text: Any) -> Variant:
-        """``"none"`` or ``"<regularizer>:<beta>"`` (``"distill:2"``); ConfigError otherwise."""
+        """``"none"``, ``"<regularizer>:<beta>"`` (``"distill:2"``) or several joined by ``+``."""
         if text == BASELINE:
-            return cls(None, 0.0)
-        known = ", ".join(REGULARIZERS.names())
-        name, sep, beta_text = text.partition(":") if isinstance(text, str) else ("", "", "")
-        if not sep or name not in REGULARIZERS.names():
+            return cls(())
+        if not isinstance(text, str):
             raise ConfigError(f"unknown variant {text!r}: a variant is '{BASELINE}' or"
-                              f" '<regularizer>:<beta>' (e.g. distill:2), regularizers: {known}")
+                              " '<regularizer>:<beta>' (e.g. distill:2)")
+        terms = tuple(cls._term(text, part) for part in text.split("+"))
+        if len({name for name, _ in terms}) < len(terms):
+            raise ConfigError(f"variant {text!r} names a regularizer twice")
+        return cls(terms)
+
+    @staticmethod
+    def _term(text: str, part: str) -> tuple[str, float]:
+        """One ``<regularizer>:<beta>`` of variant ``text``."""
+        known = ", ".join(n for n in REGULARIZERS.names() if n != "sum")
+        name, sep, beta_text = part.partition(":")
+        if not sep or name not in REGULARIZERS.names() or name == "sum":
+            raise ConfigError(f"unknown variant {text!r}: a variant is '{BASELINE}' or"
+                              f" '<regularizer>:<beta>' (e.g. distill:2), several joined by '+'"
+                              f" (distill:2+stopping:1), regularizers: {known}")
         try:
             beta = float(beta_text)
         except ValueError:
@@ -102,12 +117,12 @@ class Variant:
         if not 0.0 < beta < math.inf:
             raise ConfigError(f"variant {text!r}: beta must be a finite number > 0 (the baseline"
                               f" is '{BASELINE}')")
-        return cls(name, beta)
+        return name, beta
 
     @property
     def name(self) -> str:
         """The canonical spelling (``distill:2.0`` -> ``distill:2``)."""
-        return BASELINE if self.regularizer is None else f"{self.regularizer}:{self.beta:.15g}"
+        return "+".join(f"{n}:{b:.15g}" for n, b in self.terms) or BASELINE
 
     @property
     def folder(self) -> str:
@@ -117,9 +132,13 @@ class Variant:
     def config(self, base: TrainConfig, seed: int) -> TrainConfig:
         """``base`` trained with this variant's L_depth and ``seed`` (the baseline as the demo's:
         β = 0, the regulariser left at the default)."""
-        if self.regularizer is None:
+        if not self.terms:
             return base.replace(beta=0.0, seed=seed)
-        return base.replace(regularizer=self.regularizer, beta=self.beta, seed=seed)
+        if len(self.terms) == 1:
+            (name, beta), = self.terms
+            return base.replace(regularizer=name, beta=beta, seed=seed)
+        return base.replace(regularizer="sum", beta=1.0, seed=seed,
+                            regularizer_kwargs={"terms": dict(self.terms)})
 
 
 @dataclass(frozen=True)
@@ -464,11 +483,16 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 
 def _variant_stats(entries: list[dict[str, Any]], policies: list[str]) -> dict[str, Any]:
-    """One variant's own figures over its seeds (not paired): the final exit's accuracy, and
-    each policy's compute and test accuracy at iso-accuracy, as median and bootstrap interval."""
+    """One variant's own figures over its seeds (not paired): the final exit's accuracy, each
+    policy's compute and test accuracy at iso-accuracy, and the share of the gap from the best
+    threshold rule to the oracle that the best stopping policy closes (``oracle_gap_closed``
+    of :func:`~optdepth.offline.policy_evaluation.gap_summary`, where defined); median and
+    bootstrap interval."""
+    closed = [e["oracle_gap_closed"] for e in entries if e["oracle_gap_closed"] is not None]
     return {"final_accuracy": _spread([e["final_accuracy"] for e in entries]),
             "iso_compute": {p: _spread([e["iso_compute"][p] for e in entries]) for p in policies},
-            "iso_accuracy": {p: _spread([e["iso_accuracy"][p] for e in entries]) for p in policies}}
+            "iso_accuracy": {p: _spread([e["iso_accuracy"][p] for e in entries]) for p in policies},
+            "oracle_gap_closed": _spread(closed)}
 
 
 def _paired(reference: list[dict[str, Any]], entries: list[dict[str, Any]],

@@ -7,6 +7,7 @@ from optdepth.losses.depth import (
     KineticPenalty,
     RelativeNormPenalty,
     StoppingLossPenalty,
+    SumPenalty,
     create_regularizer,
     list_regularizers,
     soft_stopping_distribution,
@@ -14,5 +15,5 @@ from optdepth.losses.depth import (
 from optdepth.losses.multi_exit import exit_weights, multi_exit_cross_entropy
 
 __all__ = ["DecayHingePenalty", "DepthRegularizer", "DistillPenalty", "KineticPenalty",
-           "RelativeNormPenalty", "StoppingLossPenalty", "create_regularizer", "exit_weights",
+           "RelativeNormPenalty", "StoppingLossPenalty", "SumPenalty", "create_regularizer", "exit_weights",
            "list_regularizers", "multi_exit_cross_entropy", "soft_stopping_distribution"]

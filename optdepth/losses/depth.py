@@ -6,7 +6,9 @@ A new variant subclasses :class:`DepthRegularizer` and implements :meth:`penalty
 
 Two measure what later blocks add in state space (the residual norms ||F_t(h_t)|| / ||S_t(h_t)||:
 ``relative``, ``decay_hinge``); ``distill`` measures it in prediction space (how far the final
-exit's prediction moves away from exit t's), which is what an early exit actually loses.
+exit's prediction moves away from exit t's), which is what an early exit actually loses;
+``stopping`` trains for the stopping rule itself (the expected stopping loss under a soft Snell
+envelope), and ``sum`` trains several of them together.
 """
 
 from __future__ import annotations
@@ -221,6 +223,43 @@ def _check_costs(costs: Any) -> tuple[float, ...]:
     return values
 
 
+class SumPenalty(DepthRegularizer):
+    """Σ_i w_i · penalty_i: several L_depth variants trained together (``distill`` + ``stopping``).
+
+    Each term is a registered variant built with its own keyword arguments at β = w_i and no
+    warm-up of its own: the sum's β and warm-up scale them all (``beta = 1`` keeps the w_i).
+
+    Args:
+        terms: variant name -> weight w_i > 0, at least one, no ``sum`` inside a sum.
+        term_kwargs: variant name -> its keyword arguments (e.g. ``{"stopping": {"price": 0.1}}``).
+    """
+
+    def __init__(self, beta: float = 0.0, warmup_epochs: float = 0.0,
+                 terms: dict[str, float] | None = None,
+                 term_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(beta, warmup_epochs)
+        term_kwargs = dict(term_kwargs or {})
+        if not isinstance(terms, dict) or not terms or "sum" in terms:
+            raise ConfigError(f"the sum L_depth needs terms {{variant: weight}} with at least one"
+                              f" variant other than 'sum', got {terms!r}")
+        if unknown := sorted(set(term_kwargs) - set(terms)):
+            raise ConfigError(f"term_kwargs name variants that are not terms: {', '.join(unknown)}")
+        self.parts = nn.ModuleDict({name: create_regularizer(name, beta=weight,
+                                                             **term_kwargs.get(name, {}))
+                                    for name, weight in terms.items()})
+
+    @property
+    def needs_targets(self) -> bool:  # type: ignore[override]
+        return any(part.needs_targets for part in self.parts.values())
+
+    def attach(self, model: nn.Module) -> None:
+        for part in self.parts.values():
+            part.attach(model)
+
+    def penalty(self, outputs: ExitOutputs, targets: Tensor | None = None) -> Tensor:
+        return sum(part.beta * part.penalty(outputs, targets) for part in self.parts.values())
+
+
 class KineticPenalty(DepthRegularizer):
     """Continuous L_depth for neural ODEs: ∫_0^1 w(s)·E_b||f(h(s), s)||² ds (kinetic energy).
 
@@ -274,6 +313,7 @@ REGULARIZERS: Registry[type[DepthRegularizer]] = Registry("regularizer", {
     "kinetic": KineticPenalty,
     "distill": DistillPenalty,
     "stopping": StoppingLossPenalty,
+    "sum": SumPenalty,
 })
 
 

@@ -42,15 +42,18 @@ def _spread(spread: Mapping[str, Any] | None, scale: float = 1.0, spec: str = ".
     return text
 
 
-def variant_table(summary: Mapping[str, Any], policies: tuple[str, ...] | None = None
-                  ) -> list[str]:
+def variant_table(summary: Mapping[str, Any], policies: tuple[str, ...] | None = None,
+                  variants: tuple[str, ...] | None = None) -> list[str]:
     """Each variant's own figures (median [95% interval] over its seeds) and, for the later
-    variants, the paired compute ratio to the reference at iso-accuracy: the headline table."""
+    variants, the paired compute ratio to the reference at iso-accuracy: the headline table.
+
+    ``policies`` and ``variants`` select rows (default: all of compare.json's)."""
     policies = tuple(summary["policies"]) if policies is None else policies
+    variants = tuple(summary["variants"]) if variants is None else variants
     lines = [_row(["variant", "final-exit acc. (%)", "policy", "compute at iso-accuracy",
                    "test acc. there (%)", f"compute / `{summary['reference']}`'s (paired)"]),
              _row(["---"] * 6)]
-    for variant in summary["variants"]:
+    for variant in variants:
         own = summary["per_variant"][variant]
         for policy in policies:
             paired = summary["paired"].get(variant, {}).get(policy)
@@ -105,8 +108,9 @@ def write_compare_report(summary: Mapping[str, Any], path: Path) -> None:
         + summary["matched_accuracy"]["rule"] + ". Iso-accuracy: " + summary["iso_accuracy_rule"]
         + ".", "",
         "Each cell: median over seeds [95% bootstrap interval], Wilcoxon signed-rank p (n paired"
-        f" seeds). Statistics: {summary['statistics']}; with 5 seeds no p-value can be below"
-        " 0.0625. Ratios below 1: the variant needs less compute.", ""]
+        f" seeds). Statistics: {summary['statistics']}; with {len(summary['seeds'])} seeds no"
+        f" p-value can be below {2 / 2 ** len(summary['seeds']):.3g}. Ratios below 1: the variant"
+        " needs less compute.", ""]
     lines += ["## Each variant over its seeds", "", *variant_table(summary), ""]
     for variant, paired in summary["paired"].items():
         lines += [f"## `{variant}` against `{summary['reference']}`", "", *paired_table(paired), ""]

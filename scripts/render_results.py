@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optdepth.reports.compare_report import paired_table, variant_table
+from optdepth.reports.compare_report import gap_lines, paired_table, variant_table
 from optdepth.reports.demo_report import (
     _row,
     exit_table,
@@ -176,7 +176,8 @@ def _compare_section(result: Result, summary: dict[str, Any]) -> list[str]:
              "/report.md). Each cell: median over seeds [95% bootstrap interval]; paired cells"
              " add the Wilcoxon p-value. Iso-accuracy: " + summary["iso_accuracy_rule"] + "."
              " Matched accuracy: " + ("–" if level is None else f"{100 * level:.2f}%") + ", "
-             + summary["matched_accuracy"]["rule"] + ".", "", *variant_table(summary), ""]
+             + summary["matched_accuracy"]["rule"] + ".", "", *variant_table(summary), "",
+             *gap_lines(summary)]
     for variant, paired in summary["paired"].items():
         lines += [f"`{variant}` against `{summary['reference']}`, paired by seed:", "",
                   *paired_table(paired), ""]

@@ -10,9 +10,10 @@ the final exit's accuracy and the fitted decay rate ρ (differences), each as a 
 
 A variant is ``none`` (no L_depth), ``<regularizer>:<beta>`` with a name of the L_depth
 registry (:data:`optdepth.losses.depth.REGULARIZERS`), or several of those joined by ``+``
-(``distill:2+stopping:1``: their sum): a new variant needs only its registry entry. Seeds are paired: a run's seed alone decides its initial weights (``torch.manual_seed``
-before the model is built) and its batch order (a generator seeded by seed and epoch), so the
-same seed gives every variant the same start and the same data.
+(``distill:2+stopping:1``: their sum): a new variant needs only its registry entry. Seeds are
+paired: a run's seed alone decides its initial weights (``torch.manual_seed`` before the model
+is built) and its batch order (a generator seeded by seed and epoch), so the same seed gives
+every variant the same start and the same data.
 
 The folder::
 

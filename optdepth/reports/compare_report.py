@@ -64,6 +64,18 @@ def variant_table(summary: Mapping[str, Any], policies: tuple[str, ...] | None =
     return lines
 
 
+def gap_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Per variant, the share of the gap from the best threshold rule to the oracle (compute at
+    iso-accuracy) that the best stopping policy (LSM or OSLA) closes, over its seeds."""
+    lines = ["Share of the gap from the best threshold rule to the oracle closed by the best"
+             " stopping policy (LSM or OSLA), at iso-accuracy (1: the oracle's compute; 0: no"
+             " better than the rule):", ""]
+    for variant in summary["variants"]:
+        gap = summary["per_variant"][variant].get("oracle_gap_closed")
+        lines.append(f"- `{variant}`: {_spread(gap)}")
+    return [*lines, ""]
+
+
 def seed_table(per_seed: Mapping[str, list[Mapping[str, Any]]], policies: list[str]) -> list[str]:
     """One row per converged run: final-exit accuracy, ρ and each policy's iso-accuracy compute."""
     lines = [_row(["variant", "seed", "final-exit acc. (%)", "ρ"]
@@ -111,7 +123,7 @@ def write_compare_report(summary: Mapping[str, Any], path: Path) -> None:
         f" seeds). Statistics: {summary['statistics']}; with {len(summary['seeds'])} seeds no"
         f" p-value can be below {2 / 2 ** len(summary['seeds']):.3g}. Ratios below 1: the variant"
         " needs less compute.", ""]
-    lines += ["## Each variant over its seeds", "", *variant_table(summary), ""]
+    lines += ["## Each variant over its seeds", "", *variant_table(summary), "", *gap_lines(summary)]
     for variant, paired in summary["paired"].items():
         lines += [f"## `{variant}` against `{summary['reference']}`", "", *paired_table(paired), ""]
     lines += ["![forest plot](forest.png)", "",

@@ -45,9 +45,9 @@ from .theory import (
     DiminishingReturnsFit,
     ResidualStoppingSimulation,
     depth_certificate,
-    stagewise_depth_certificate,
     fit_diminishing_returns,
     simulate_residual_stopping,
+    stagewise_depth_certificate,
 )
 
 __all__ = [

@@ -155,6 +155,20 @@ def test_nan_images_are_named_as_bad_input(run):
         optdepth.early_exit_predict(model, policy, data.test)
 
 
+def test_finite_check_is_exact_where_the_fast_sum_overflows():
+    """The check sums the batch first: huge finite values overflow that sum but pass, and an
+    inf or NaN among them is still named by sample."""
+    check = optdepth.models.MultiExitModel.check_finite
+    huge = torch.full((4, 1, 3, 3), 3e38)
+    check(huge)  # finite everywhere, though huge.sum() is inf
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = huge.clone()
+        x[2, 0, 1, 1] = bad
+        with pytest.raises(DataError, match=r"NaN or infinite values \(samples 12\)"):
+            check(x, offset=10)
+    check(torch.empty(0, 1, 3, 3))
+
+
 # ----------------------------------------------------------------------------- config values
 CONFIG_CASES = {
     'augment = "no"': ("augment must be true or false, got 'no'"),

@@ -85,8 +85,10 @@ class DemoModel:
 #: Demo settings per model name or family (the name up to "_": ``vit_small`` -> ``vit``);
 #: other registered models train with the TrainConfig defaults (SGD, the ResNet recipe).
 DEMO_MODELS: dict[str, DemoModel] = {
-    # `distill`, β = 2 for the ResNets: the variant that did best in the L_depth ablations
-    # (benchmarks/results/ablate_ldepth*.json, indexed in docs/results.md).
+    # `distill`, β = 2 for the ResNets: over five paired seeds it closed the most of the gap
+    # to the oracle and needed the least LSM compute at iso-accuracy of the variants tried
+    # (`stopping` at β 1 and 4, `distill:2+stopping:1`), though within the seeds' interval
+    # (benchmarks/results/compare_resnet20_demo/, rendered in docs/results.md).
     **{f"resnet{depth}": DemoModel(regularizer="distill", beta=2.0)
        for depth in (20, 32, 44, 56, 110)},
     # AdamW (decay on weights only), warm-up + cosine; the peak lr from

@@ -113,8 +113,12 @@ class MultiExitModel(nn.Module):
         step), so that bad inputs are named as such rather than surfacing as NaN features.
         ``offset`` is the index of the batch's first sample in its split, for the message.
         """
-        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.numel() else None
-        if finite is not None and not bool(finite.all()):
+        if not x.numel() or bool(torch.isfinite(x.sum())):
+            # one reduction, no (N, ...) bool tensor: any NaN or inf makes the sum non-finite;
+            # a finite sum means every value is finite (the rows are found only when it is not)
+            return
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten()[:5].tolist()
             raise DataError(f"the input holds NaN or infinite values (samples"
                             f" {', '.join(str(offset + i) for i in bad)}"

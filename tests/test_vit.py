@@ -111,9 +111,12 @@ def test_regularizers_work_on_vit_outputs():
     torch.manual_seed(0)
     model = optdepth.create_model("vit", **TINY_VIT)
     out = model(torch.randn(4, 1, 28, 28))
+    targets = torch.randint(0, 10, (4,))
+    needs = {"sum": {"terms": {"distill": 1.0, "stopping": 1.0}}}  # a sum names its terms
     for name in list_regularizers():
-        reg = create_regularizer(name, beta=0.5, warmup_epochs=0.0)
-        value = reg(out, epoch=1.0)
+        reg = create_regularizer(name, beta=0.5, warmup_epochs=0.0, **needs.get(name, {}))
+        reg.attach(model)
+        value = reg(out, epoch=1.0, targets=targets)
         assert value.ndim == 0 and torch.isfinite(value)
         if value.requires_grad:
             value.backward(retain_graph=True)

@@ -56,8 +56,7 @@ def measure(evaluation: Any, price: float) -> dict[str, Any]:
     blocks = test.exit_blocks + 1
     lsm = fit_exit_policy("lsm", calibration, price).stop_times(test.features)
     prophet = oracle_stop_times(test.correct() - price * test.exit_costs[None, :])
-    relative = (test.residual_norms / np.maximum(test.state_norms, 1e-12)).mean(axis=0)
-    fit = fit_diminishing_returns(relative)
+    fit = fit_diminishing_returns(test.mean_relative_norms())
     certificate = network_certificate(test, fit.K, fit.rho, price, lsm)
     correct = test.correct()
     rows = np.arange(len(lsm))

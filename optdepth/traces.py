@@ -118,6 +118,10 @@ class Traces:
         """(T,) accuracy per exit."""
         return self.correct().mean(axis=0)
 
+    def mean_relative_norms(self) -> np.ndarray:
+        """(blocks,) mean over samples of ||F_t(h_t)|| / ||S_t(h_t)||: what the decay fits read."""
+        return (self.residual_norms / np.maximum(self.state_norms, 1e-12)).mean(axis=0)
+
     def take(self, rows: np.ndarray) -> Traces:
         """The traces of the samples ``rows`` (indices or a boolean mask), in that order."""
         return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in PER_SAMPLE})

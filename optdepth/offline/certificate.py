@@ -83,8 +83,7 @@ def _stage_certificate(traces: Traces, lipschitz: float, step_cost: float) -> fl
     """:func:`~optdepth.stopping.stagewise_depth_certificate` in blocks run, from the traces'
     per-stage decay fits (None when it is infinite). A one-block stage, with no fitted decay,
     counts as not decaying."""
-    relative = (traces.residual_norms / np.maximum(traces.state_norms, 1e-12)).mean(axis=0)
-    fits = stage_decay_fits(relative, traces.metadata.get("stage_starts", [0]))
+    fits = stage_decay_fits(traces.mean_relative_norms(), traces.metadata.get("stage_starts", [0]))
     t_bar = stagewise_depth_certificate(
         [f["first_block"] for f in fits], [f["K"] for f in fits],
         [1.0 if f["rho"] is None else f["rho"] for f in fits], lipschitz, step_cost)

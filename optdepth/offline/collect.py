@@ -53,7 +53,7 @@ def collect_traces(model: MultiExitModel, split: BatchSource, split_name: str = 
 
 def summarize(traces: Traces) -> dict[str, Any]:
     """Per-exit accuracy, compute and residual-norm decay (with the K, ρ fit) of test traces."""
-    relative = (traces.residual_norms / np.maximum(traces.state_norms, 1e-12)).mean(axis=0)
+    relative = traces.mean_relative_norms()
     fit = fit_diminishing_returns(relative)
     return {
         "stage_fits": stage_decay_fits(relative, traces.metadata.get("stage_starts", [0])),

@@ -9,10 +9,10 @@ full-depth inference (stem + every block + the last head), batch 256, interleave
 median of per-repeat ratios. It also measures the time share of each exit (stem + segments up
 to it, per sample, at the same batch size) next to its FLOP share: where early blocks are
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock
-saving, and ``ideal_wall_speedup`` (1 / time-weighted mean exit cost, from
-:func:`optdepth.online.exit_time_shares`, in each policy's timing record) says how much is
-possible. ``engine_time`` splits one early-exit pass, under the profiler, into the network
-segments and the engine's own work (:func:`optdepth.online.engine_time_breakdown`).
+saving, and ``ideal_wall_speedup`` (the speed-up of an engine with no overhead replaying
+the same network calls, in each policy's timing record) says how much is possible.
+``engine_time`` splits one early-exit pass, under the profiler, into the network segments
+and the engine's own work (:func:`optdepth.online.engine_time_breakdown`).
 
 Give two runs (baseline first, then L_depth) to also get the ratio of their iso-accuracy
 compute under each policy. Run from the repository root with nothing else busy::

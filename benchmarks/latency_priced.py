@@ -8,7 +8,9 @@ measured time shares, and times all of them in one interleaved run against full 
 (:func:`optdepth.online.measure_wall_speedups`): at the iso-accuracy point and at the guaranteed
 point (LTT, ε = 1 point, δ = 0.1). Per policy it reports test accuracy, FLOP compute, compute
 speed-up, wall speed-up, wall / compute, the ideal engine's speed-up and the engine's efficiency
-(wall over ideal)::
+(ideal engine time over engine time); per policy kind and point, the latency-priced policy's
+wall speed-up over the FLOP-priced one, paired round by round, with a 95% interval. Where
+both pricings chose the same exits, that pair is one policy timed twice: the timing noise::
 
     python benchmarks/latency_priced.py demo_out/runs/baseline demo_out/runs/ldepth --threads 2
 """
@@ -25,6 +27,7 @@ from common import require_evaluated, set_threads, write_result
 
 from optdepth.checkpoints import load_checkpoint, load_model
 from optdepth.data import load_fashion_mnist
+from optdepth.experiments.paired import bootstrap_median_interval, signed_rank_p
 from optdepth.offline import evaluate_policies
 from optdepth.online import measure_latency_profile, measure_wall_speedups, offline_exits
 from optdepth.rundir import RunLayout
@@ -38,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="image run directories")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per side")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timed runs per side")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--out", default="benchmarks/results/latency_priced.json")
@@ -87,7 +90,36 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
               f" {t['wall_speedup']:.2f}x, wall/compute {t['wall_over_compute']:.2f}, engine"
               f" {t['engine_efficiency']:.2f} of ideal", flush=True)
     return {"latency_profile": profile.to_dict(),
-            "flop_shares": [float(c) for c in np.asarray(cal.exit_costs)], "policies": records}
+            "flop_shares": [float(c) for c in np.asarray(cal.exit_costs)], "policies": records,
+            "latency_over_flops": pricing_gains(timed, timing, test, run.name)}
+
+
+def pricing_gains(timed: dict[str, Any], timing: dict[str, Any], test, label: str) -> dict[str, Any]:
+    """Per policy and point: the latency-priced policy's wall speed-up over the FLOP-priced one.
+
+    Round by round (the two were timed back to back in every round), flop time / latency time:
+    its median, 95% bootstrap interval and signed-rank p-value (log scale). Where both pricings
+    chose the same exits (a threshold family's iso point does not depend on prices), the pair
+    is one policy timed twice: ``same_exits`` marks it, and its spread is the timing noise.
+    """
+    gains = {}
+    for key in timed:
+        name, pricing, point = key.split("/")
+        other = f"{name}/latency/{point}"
+        if pricing != "flops" or other not in timed:
+            continue
+        ratios = (np.asarray(timing[key]["early_exit_round_s"])
+                  / np.asarray(timing[other]["early_exit_round_s"]))
+        same = bool(np.array_equal(offline_exits(timed[key], test).exit_index,
+                                   offline_exits(timed[other], test).exit_index))
+        low, high = bootstrap_median_interval(ratios)
+        gains[f"{name}/{point}"] = {"median": float(np.median(ratios)), "ci95": [low, high],
+                                    "p_value": signed_rank_p(np.log(ratios)),
+                                    "same_exits": same, "rounds": ratios.tolist()}
+        print(f"{label:>9} {name + '/' + point:>22}: latency / FLOP-priced wall speed-up"
+              f" {np.median(ratios):.3f} [{low:.3f}, {high:.3f}]"
+              f"{' (same exits: timing noise)' if same else ''}", flush=True)
+    return gains
 
 
 def main(argv: list[str] | None = None) -> None:

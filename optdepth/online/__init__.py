@@ -7,10 +7,16 @@ online = offline checks); per-token early exit and greedy decoding for the causa
 :mod:`optdepth.online.generation`. Timing: interleaved wall-clock
 speed-ups of policies over full depth (:func:`measure_wall_speedups`), the time to reach each
 exit (:func:`exit_time_shares`; as prices for the policies, :func:`measure_latency_profile`)
-and the engine's own share (:func:`engine_time_breakdown`).
+the engine's own share (:func:`engine_time_breakdown`) and the ideal engine, a pass's network
+calls replayed with nothing between them (:func:`replay_schedule`).
 """
 
-from optdepth.online.engine import EarlyExitResult, early_exit_predict, offline_exits
+from optdepth.online.engine import (
+    EarlyExitResult,
+    early_exit_predict,
+    offline_exits,
+    replay_schedule,
+)
 from optdepth.online.timing import (
     engine_time_breakdown,
     exit_time_shares,
@@ -21,4 +27,4 @@ from optdepth.online.timing import (
 
 __all__ = ["EarlyExitResult", "early_exit_predict", "engine_time_breakdown", "exit_time_shares",
            "full_depth_predict", "measure_latency_profile", "measure_wall_speedups",
-           "offline_exits"]
+           "offline_exits", "replay_schedule"]

@@ -30,13 +30,16 @@ the same features but not the pairing of lone samples in numpy.
 Where the time goes. Under :mod:`torch.profiler` the engine's work shows up in labelled ranges:
 ``optdepth::stem``, ``optdepth::segment_{t}`` (the blocks of segment t, its exit head and the
 residual norms), ``optdepth::decide`` (features and the policy's decision),
-``optdepth::retire`` (copying the continuing samples' states) and ``optdepth::regroup``
-(gathering a batch from the queue); :func:`optdepth.online.engine_time_breakdown` sums them.
+``optdepth::retire`` (selecting the continuing samples) and ``optdepth::regroup``
+(gathering a batch from the queue: the one copy of each continuing sample's state);
+:func:`optdepth.online.engine_time_breakdown` sums them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +71,9 @@ class EarlyExitResult:
         labels: (N,) int64 true classes when known (a Split or traces), else None.
         features: (N, T, F) float32 features computed online (NaN past a sample's exit),
             only with ``record_features=True``.
+        schedule: the network calls made, in order: ``(-1, b)`` the stem on b inputs,
+            ``(t, k)`` segment t on k samples (None offline). :func:`replay_schedule` runs the
+            same calls with nothing between them: the ideal engine for this pass.
     """
 
     predictions: np.ndarray
@@ -77,6 +83,7 @@ class EarlyExitResult:
     exit_costs: np.ndarray
     labels: np.ndarray | None = None
     features: np.ndarray | None = None
+    schedule: tuple[tuple[int, int], ...] | None = None
 
     @property
     def mean_compute(self) -> float:
@@ -210,19 +217,40 @@ class _Outputs:
     exit_index: np.ndarray
     probs: np.ndarray
     features: np.ndarray | None
+    schedule: list[tuple[int, int]]
 
 
-def select_rows(state: Tensor, index: Tensor) -> Tensor:
-    """``state[index]`` along dim 0, keeping a channels-last state channels-last.
+def _nhwc(state: Tensor) -> bool:
+    """Whether ``state`` is a channels-last 4-D tensor (contiguous only as NHWC)."""
+    return state.dim() == 4 and not state.is_contiguous() \
+        and state.is_contiguous(memory_format=torch.channels_last)
 
-    ``index_select`` is the fast copy (8x faster than ``state[index]`` on the CPU here) but
-    returns NCHW, which would make every later convolution reorder its input; on a
-    channels-last state it runs on the NHWC view, which is contiguous, instead.
+
+def gather_rows(parts: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+    """The chosen rows of several states stacked along dim 0 into one new tensor.
+
+    Args:
+        parts: (state (n_i, ...), index (k_i,) int64 rows of it, or None for all of them).
+
+    Returns:
+        (sum k_i, ...) tensor; every row is copied once, straight into place (no intermediate
+        ``state[index]``). ``index_select`` is the fast row copy (8x faster than ``state[index]``
+        on CPU) but returns NCHW, which would make every later convolution reorder its input,
+        so a channels-last state is gathered on its NHWC view and stays channels-last.
     """
-    if state.dim() == 4 and not state.is_contiguous() \
-            and state.is_contiguous(memory_format=torch.channels_last):
-        return state.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
-    return state.index_select(0, index)
+    first = parts[0][0]
+    view = (lambda x: x.permute(0, 2, 3, 1)) if _nhwc(first) else (lambda x: x)
+    sizes = [state.shape[0] if index is None else len(index) for state, index in parts]
+    out = torch.empty((sum(sizes), *view(first).shape[1:]), dtype=first.dtype, device=first.device)
+    start = 0
+    for (state, index), size in zip(parts, sizes, strict=True):
+        rows = out[start:start + size]
+        if index is None:
+            rows.copy_(view(state))
+        else:
+            torch.index_select(view(state), 0, index, out=rows)
+        start += size
+    return out.permute(0, 3, 1, 2) if _nhwc(first) else out
 
 
 @dataclass(frozen=True)
@@ -230,7 +258,10 @@ class _Cohort:
     """Samples waiting to run the same segment.
 
     Attributes:
-        rows: (k,) sample indices into the data. state: (k, ...) network state.
+        rows: (k,) sample indices into the data.
+        state: (n, ...) network state holding theirs: all of it when ``index`` is None, else
+            its rows ``index`` (k,). Retiring samples only narrows the index; the states are
+            copied once, when a batch is gathered for the next segment (:meth:`merge`).
         history: (k, T, F) float32 features of the exits passed so far.
         previous: (k,) prediction of the previous exit (None before the first exit).
     """
@@ -239,32 +270,45 @@ class _Cohort:
     state: Tensor
     history: np.ndarray
     previous: np.ndarray | None
+    index: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def take(self, keep: np.ndarray) -> _Cohort:
-        """The sub-cohort at the (k,) bool mask ``keep`` (copies, in the state's memory format)."""
+        """The sub-cohort at the (k,) bool mask ``keep`` (its state is not copied)."""
         index = np.flatnonzero(keep)
         index_t = torch.from_numpy(index).to(self.state.device)
-        return _Cohort(self.rows[index], select_rows(self.state, index_t),
-                       self.history[index], None if self.previous is None else self.previous[index])
+        return _Cohort(self.rows[index], self.state, self.history[index],
+                       None if self.previous is None else self.previous[index],
+                       index_t if self.index is None else self.index[index_t])
 
     def split(self, n: int) -> tuple[_Cohort, _Cohort]:
-        """The first ``n`` samples and the rest (views, no copy)."""
+        """The first ``n`` samples and the rest (views, no state copy)."""
         prev = (None, None) if self.previous is None else (self.previous[:n], self.previous[n:])
-        return (_Cohort(self.rows[:n], self.state[:n], self.history[:n], prev[0]),
-                _Cohort(self.rows[n:], self.state[n:], self.history[n:], prev[1]))
+        if self.index is None:
+            states, index = (self.state[:n], self.state[n:]), (None, None)
+        else:
+            states, index = (self.state, self.state), (self.index[:n], self.index[n:])
+        return (_Cohort(self.rows[:n], states[0], self.history[:n], prev[0], index[0]),
+                _Cohort(self.rows[n:], states[1], self.history[n:], prev[1], index[1]))
 
     @staticmethod
     def merge(cohorts: list[_Cohort]) -> _Cohort:
-        if len(cohorts) == 1:
+        """One gathered cohort (``index`` None) of every sample of ``cohorts``, in order."""
+        if len(cohorts) == 1 and cohorts[0].index is None:
             return cohorts[0]
         previous = [c.previous for c in cohorts]
         return _Cohort(np.concatenate([c.rows for c in cohorts]),
-                       torch.cat([c.state for c in cohorts]),
+                       gather_rows([(c.state, c.index) for c in cohorts]),
                        np.concatenate([c.history for c in cohorts]),
                        None if previous[0] is None else np.concatenate(previous))
+
+
+def _range(name: str) -> AbstractContextManager[Any]:
+    """A :mod:`torch.profiler` range while a profiler records, else nothing: the engine opens
+    five per segment, and an idle ``record_function`` still costs a few microseconds each."""
+    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
 def _as_pair(x: Tensor) -> Tensor:
@@ -312,17 +356,17 @@ def _decide(policy: StoppingPolicy, cohort: _Cohort, step: StepOutput, t: int,
 def _advance(model: MultiExitModel, policy: StoppingPolicy, cohort: _Cohort, t: int,
              costs: np.ndarray, out: _Outputs) -> _Cohort | None:
     """Run segment t on a cohort, record the samples that stop, return the others (or None)."""
-    with record_function(f"optdepth::segment_{t}"):
+    with _range(f"optdepth::segment_{t}"):
         step = _step(model, cohort.state, t)
-    with record_function("optdepth::decide"):
+    with _range("optdepth::decide"):
         stop, predicted = _decide(policy, cohort, step, t, costs, out)
     if stop.all():
         return None
     running = _Cohort(cohort.rows, step.state, cohort.history, predicted)
     if not stop.any():
         return running
-    with record_function("optdepth::retire"):
-        return running.take(~stop)  # retired: no later block
+    with _range("optdepth::retire"):
+        return running.take(~stop)  # retired: no later block; the state is copied at regroup
 
 
 def _next_segment(sizes: list[int], batch_size: int, inputs_left: bool, refill: bool) -> int | None:
@@ -341,6 +385,21 @@ def _next_segment(sizes: list[int], batch_size: int, inputs_left: bool, refill: 
     return waiting[0] if waiting else None
 
 
+def _first_batch(queue: list[_Cohort], batch_size: int) -> tuple[list[_Cohort], list[_Cohort]]:
+    """The queue's first ``batch_size`` samples (as cohorts) and the rest, which waits: the
+    cohort that crosses the boundary is split, and nothing is copied."""
+    batch, room = [], batch_size
+    for i, cohort in enumerate(queue):
+        if room == 0:
+            return batch, queue[i:]
+        if len(cohort) > room:
+            head, tail = cohort.split(room)
+            return [*batch, head], [tail, *queue[i + 1:]]
+        batch.append(cohort)
+        room -= len(cohort)
+    return batch, []
+
+
 def _run(model: MultiExitModel, policy: StoppingPolicy, inputs: _Inputs, costs: np.ndarray,
          out: _Outputs, batch_size: int, refill: bool) -> None:
     """Schedule every sample through the segments until it stops."""
@@ -354,16 +413,15 @@ def _run(model: MultiExitModel, policy: StoppingPolicy, inputs: _Inputs, costs: 
             batch = inputs.next()
             rows = np.arange(start, inputs.fed)
             history = np.empty((len(rows), n_exits, len(FEATURES)), dtype=np.float32)
-            with record_function("optdepth::stem"):
+            with _range("optdepth::stem"):
                 queues[0].append(_Cohort(rows, _stem(model, batch.to(device, non_blocking=True)),
                                          history, None))
+            out.schedule.append((-1, len(rows)))
             continue
-        with record_function("optdepth::regroup"):
-            cohort = _Cohort.merge(queues[t])
-            queues[t] = []
-            if len(cohort) > batch_size:  # run exactly one batch; the rest waits
-                cohort, rest = cohort.split(batch_size)
-                queues[t].append(rest)
+        with _range("optdepth::regroup"):
+            batch, queues[t] = _first_batch(queues[t], batch_size)
+            cohort = _Cohort.merge(batch)
+        out.schedule.append((t, len(cohort)))
         survivors = _advance(model, policy, cohort, t, costs, out)
         if survivors is not None:
             queues[t + 1].append(survivors)
@@ -404,7 +462,7 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Batc
     out = _Outputs(np.empty(n, np.int64), np.empty(n, np.int64),
                    np.empty((n, model.num_classes), np.float32),
                    np.full((n, len(costs), len(FEATURES)), np.nan, np.float32)
-                   if record_features else None)
+                   if record_features else None, [])
     was_training = model.training
     model.eval()
     try:
@@ -414,8 +472,66 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Batc
         model.train(was_training)
     costs64 = costs.astype(np.float64)
     return EarlyExitResult(out.predictions, out.exit_index, costs64[out.exit_index], out.probs,
-                           costs64, inputs.labels, out.features)
+                           costs64, inputs.labels, out.features, tuple(out.schedule))
+
+
+def replay_schedule(model: MultiExitModel, schedule: tuple[tuple[int, int], ...],
+                    images: Tensor) -> Callable[[], None]:
+    """The ideal engine of one early-exit pass: the same network calls, with nothing between.
+
+    Args:
+        model: the multi-exit model the pass ran on.
+        schedule: the pass's :attr:`EarlyExitResult.schedule`.
+        images: (B, C, H, W) inputs; B must be at least the largest call of the schedule.
+
+    Returns:
+        A function that makes the pass's calls back to back (the stem on the first b images,
+        segment t on the first k rows of the state these images reach at exit t), in eval and
+        inference mode, with no decisions, copies or scheduling: timing it gives the time an
+        engine with no overhead would take for this schedule. The states are computed here,
+        once, so the function times the network alone.
+
+    Raises:
+        ValueError: an empty schedule, a segment outside the model, or too few images.
+    """
+    if not schedule:
+        raise ValueError("the schedule is empty: pass an EarlyExitResult.schedule from"
+                         " early_exit_predict")
+    largest = max(k for _, k in schedule)
+    if images.shape[0] < largest:
+        raise ValueError(f"the schedule runs batches of up to {largest} samples but only"
+                         f" {images.shape[0]} images were given")
+    if any(not -1 <= t < model.num_exits for t, _ in schedule):
+        raise ValueError(f"the schedule has segments outside the model's {model.num_exits}"
+                         " exits: it comes from another model")
+    model.check_input(images)
+    device = next(model.parameters()).device
+    images = images[:largest].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            states = [_stem(model, images)]
+            for t in range(model.num_exits - 1):
+                states.append(_step(model, states[-1], t).state)
+    finally:
+        model.train(was_training)
+
+    def replay() -> None:
+        training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for t, k in schedule:
+                    if t == -1:
+                        _stem(model, images[:k])
+                    else:
+                        _step(model, states[t][:k], t)
+        finally:
+            model.train(training)
+
+    return replay
 
 
 __all__ = ["EarlyExitResult", "ExitPolicy", "check_policy", "early_exit_predict",
-           "model_source", "offline_exits"]
+           "model_source", "offline_exits", "replay_schedule"]

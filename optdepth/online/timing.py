@@ -16,8 +16,9 @@ reported together with the torch thread count.
 Where early blocks are slower per FLOP than late ones (on CPUs, the wide shallow activations of
 the first stage), no engine can turn a compute saving into the same wall-clock saving.
 :func:`exit_time_shares` measures the time to reach each exit as a share of the full-depth
-pass, and each record's ``ideal_wall_speedup`` (1 / the mean time share of the exits taken)
-is the speed-up a zero-overhead engine would get on this hardware.
+pass, and each record's ``ideal_wall_speedup`` is the speed-up of the ideal engine, which
+replays the pass's network calls with nothing between them: the best any engine could do on
+this hardware for the same exits and batches.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from torch.profiler import ProfilerActivity, profile
 from optdepth.data.loader import Split
 from optdepth.models.base import MultiExitModel
 from optdepth.offline.prices import LatencyProfile
-from optdepth.online.engine import check_batch_size, early_exit_predict, split_images
+from optdepth.online.engine import (
+    check_batch_size,
+    early_exit_predict,
+    replay_schedule,
+    split_images,
+)
 from optdepth.stopping import StoppingPolicy
 
 log = logging.getLogger(__name__)
@@ -156,9 +162,10 @@ def engine_time_breakdown(model: MultiExitModel, policy: StoppingPolicy, data: S
     Runs :func:`early_exit_predict` once untimed, then once under :mod:`torch.profiler` (CPU)
     and sums the inclusive CPU time of the ``optdepth::*`` ranges: ``stem``, ``segments`` (all
     ``optdepth::segment_{t}``: blocks, exit heads and residual norms), ``decide`` (features and
-    policy), ``retire`` (copying the states of continuing samples) and ``regroup`` (batching
-    the queues). The profiler's own overhead inflates code with many small operators, so read
-    the shares, not the absolute times, and time speed-ups with :func:`measure_wall_speedups`.
+    policy), ``retire`` (selecting the continuing samples) and ``regroup`` (gathering a
+    batch from the queues, which copies the continuing states). The profiler's own overhead
+    inflates code with many small operators, so read the shares, not the absolute times, and
+    time speed-ups with :func:`measure_wall_speedups`.
     On CUDA the network runs asynchronously and its time lands in ``decide``, which waits for it.
 
     Returns:
@@ -185,9 +192,11 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     """Time full-depth inference against early exit under several policies, interleaved.
 
     The sides run in turn, ``repeats`` times, after one untimed warm-up run each: the
-    final-head baseline, the full multi-exit forward ``model(x)``, then early exit under each
-    policy. Each policy's speed-up is the median over repeats of the per-round ratio
-    baseline time / early-exit time, so every ratio compares runs made back to back.
+    final-head baseline, the full multi-exit forward ``model(x)``, early exit under each
+    policy, and each policy's ideal engine (:func:`~optdepth.online.engine.replay_schedule`:
+    the network calls its pass made, with no decisions, copies or scheduling between them).
+    Each ratio is the median over repeats of the per-round ratio of two sides' times, so every
+    ratio compares runs made back to back.
 
     Args:
         model: the multi-exit model.
@@ -201,11 +210,14 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     Returns:
         name -> dict: ``wall_speedup`` (against the final-head baseline),
         ``wall_speedup_all_exits`` (against ``model(x)``; None unless ``all_exits``), median
-        seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s``; ``mean_compute``,
-        ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``ideal_wall_speedup``
-        (1 / mean :func:`exit_time_shares` of the exits taken: what a zero-overhead engine
-        would reach on this hardware), ``engine_efficiency`` (wall over ideal speed-up: the
-        share of the ideal engine's speed-up the real one keeps) and ``exit_time_share`` (T,);
+        seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s`` (and the
+        ``repeats`` rounds' own seconds, ``full_depth_round_s`` and ``early_exit_round_s``, in
+        timing order, to pair policies round by round); ``mean_compute``,
+        ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``ideal_engine_s``
+        and ``ideal_wall_speedup`` (the ideal engine's time and speed-up over the baseline:
+        what no engine can beat on this hardware), ``engine_efficiency`` (ideal engine time /
+        early-exit time: the share of the ideal engine's speed-up the real one keeps) and
+        ``exit_time_share`` (T, :func:`exit_time_shares`);
         ``accuracy_full_depth`` and ``accuracy_early_exit`` (None without labels); ``baseline``, ``threads``,
         ``batch_size``, ``refill``, ``repeats``, ``n_samples``.
     """
@@ -220,14 +232,19 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         sides[name] = (lambda p=policy: early_exit_predict(model, p, data, batch_size,
                                                            refill=refill))
     outputs = {name: fn() for name, fn in sides.items()}  # warm-up; validates every input
+    for name in policies:  # the ideal engine of each pass: its network calls, nothing else
+        sides[IDEAL, name] = replay_schedule(model, outputs[name].schedule, images[:batch_size])
+        sides[IDEAL, name]()  # warm-up
     shares = exit_time_shares(model, images[:batch_size], repeats)
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    times: dict[Any, list[float]] = {name: [] for name in sides}
+    device = next(model.parameters()).device
     for _ in range(repeats):
         for name, fn in sides.items():
-            times[name].append(_timed(fn))
+            times[name].append(_timed(fn, device))
     full_pred = outputs["full_depth"]
     common = {"accuracy_full_depth": None if labels is None else float((full_pred == labels).mean()),
               "full_depth_s": statistics.median(times["full_depth"]),
+              "full_depth_round_s": times["full_depth"],
               "all_exits_s": statistics.median(times["all_exits"]) if all_exits else None,
               "baseline": baseline_kind(model), "threads": torch.get_num_threads(),
               "batch_size": batch_size, "refill": refill, "repeats": repeats,
@@ -235,21 +252,29 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     return {name: _speedup_record(times, name, outputs[name], common) for name in policies}
 
 
-def _speedup_record(times: dict[str, list[float]], name: str, early: Any,
-                    common: dict[str, Any]) -> dict[str, Any]:
-    def ratio(base: str) -> float | None:
-        if base not in times:
-            return None
-        return statistics.median(a / b for a, b in zip(times[base], times[name], strict=True))
+#: Key of a policy's ideal-engine side in the timing loop: (IDEAL, name) cannot clash with a name.
+IDEAL = "ideal engine"
 
-    wall, compute_speedup = ratio("full_depth"), 1.0 / early.mean_compute
-    ideal = 1.0 / float(np.mean(np.asarray(common["exit_time_share"])[early.exit_index]))
+
+def _paired(times: dict[Any, list[float]], numerator: Any, denominator: Any) -> float | None:
+    """Median over rounds of numerator time / denominator time (None if a side is missing)."""
+    if numerator not in times or denominator not in times:
+        return None
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
+
+
+def _speedup_record(times: dict[Any, list[float]], name: str, early: Any,
+                    common: dict[str, Any]) -> dict[str, Any]:
+    wall, compute_speedup = _paired(times, "full_depth", name), 1.0 / early.mean_compute
     log.info("%s: wall speed-up %.2fx (compute speed-up %.2fx, %d threads, batch %d)", name,
              wall, compute_speedup, common["threads"], common["batch_size"])
-    return {"wall_speedup": wall, "wall_speedup_all_exits": ratio("all_exits"),
+    return {"wall_speedup": wall, "wall_speedup_all_exits": _paired(times, "all_exits", name),
             "early_exit_s": statistics.median(times[name]), "mean_compute": early.mean_compute,
             "compute_speedup": compute_speedup, "wall_over_compute": wall / compute_speedup,
-            "ideal_wall_speedup": ideal, "engine_efficiency": wall / ideal,
+            "early_exit_round_s": times[name],
+            "ideal_engine_s": statistics.median(times[IDEAL, name]),
+            "ideal_wall_speedup": _paired(times, "full_depth", (IDEAL, name)),
+            "engine_efficiency": _paired(times, (IDEAL, name), name),
             "accuracy_early_exit": early.accuracy, **common}
 
 

@@ -44,7 +44,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def policy_table(net: Mapping[str, Any]) -> list[str]:
     """Markdown table of every policy's iso-accuracy point on the test split."""
     lines = [_row(["policy", "test acc. (%)", "mean compute", "compute speed-up",
-                   "wall speed-up", "wall / compute", "ideal wall speed-up"]), _row(["---"] * 7)]
+                   "wall speed-up", "wall / compute", "ideal wall speed-up",
+                   "engine / ideal"]), _row(["---"] * 8)]
     for name, record in net["policies"].items():
         iso, timing = record["iso_accuracy"], net["timing"].get(name)
         speedup = 1 / iso["mean_compute"]
@@ -53,7 +54,8 @@ def policy_table(net: Mapping[str, Any]) -> list[str]:
         lines.append(_row([name + flag, f"{100 * iso['accuracy']:.2f}", f"{iso['mean_compute']:.3f}",
                            f"{speedup:.2f}x", _fmt(wall, ".2f") + ("x" if wall else ""),
                            _fmt(timing and timing["wall_over_compute"], ".2f"),
-                           _fmt(timing and timing.get("ideal_wall_speedup"), ".2f")]))
+                           _fmt(timing and timing.get("ideal_wall_speedup"), ".2f"),
+                           _fmt(timing and timing.get("engine_efficiency"), ".2f")]))
     return lines
 
 
@@ -138,10 +140,11 @@ def policy_section(nets: Mapping[str, Mapping[str, Any]],
              " compute within 0.5 points of the final exit's accuracy; the figures are measured on"
              " the test split. Wall speed-up: full-depth inference (stem, every block, last head)"
              " over real early exit, batch 256, median of interleaved runs in this process."
-             " Ideal wall speed-up: what an engine without overhead would reach, from the measured"
-             " time to reach each exit (share of the full-depth pass); where it is below the"
-             " compute speed-up, early blocks cost more time per FLOP than late ones on this"
-             " hardware. The oracle (earliest correct exit) is a bound, not a policy.", ""]
+             " Ideal wall speed-up: that of an engine without overhead, the same network calls"
+             " replayed back to back; where it is below the compute speed-up, early blocks cost"
+             " more time per FLOP than late ones on this hardware. Engine / ideal: the ideal"
+             " engine's time over the real one's. The oracle (earliest correct exit) is a bound,"
+             " not a policy.", ""]
     for name, net in nets.items():
         lines += [f"### {name}", "", *policy_table(net), ""]
     lines += [*comparison_lines(nets), *([matched_accuracy_line(matched)] if matched else []),

@@ -71,6 +71,18 @@ def _exponents(n_vars: int, degree: int, interactions: bool) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _term_plan(n_vars: int, degree: int, interactions: bool) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per design column, its (power, variable) factors in variable order; () is the constant.
+
+    The multi-indices turned into factor lists once: the early-exit engine builds a design for
+    a few hundred rows at every exit, where finding each term's nonzero exponents again cost as
+    much as the products themselves.
+    """
+    return tuple(tuple((int(alpha[i]), int(i)) for i in np.flatnonzero(alpha))
+                 for alpha in _exponents(n_vars, degree, interactions))
+
+
 @dataclass(frozen=True)
 class Basis:
     """A regression basis: a built-in polynomial family or a user transform.
@@ -121,23 +133,23 @@ class Basis:
         n_vars, n = state_t.shape
         if self.kind == "custom":
             return self._custom(state_t.T)
-        exps = _exponents(n_vars, self.degree, self.interactions)
-        if len(exps) > MAX_TERMS:
+        n_terms = len(_exponents(n_vars, self.degree, self.interactions))
+        if n_terms > MAX_TERMS:
             raise ValueError(
-                f"basis of degree {self.degree} on {n_vars} regressors has {len(exps)} terms "
+                f"basis of degree {self.degree} on {n_vars} regressors has {n_terms} terms "
                 f"(limit {MAX_TERMS}); lower degree, set interactions=False, use fewer regressors "
                 f"or less history, or pass a custom basis"
             )
         table = _power_table(state_t, self.degree, self.kind)
-        out = np.empty((n, len(exps)), dtype=np.float64, order="F")
-        for j, alpha in enumerate(exps):
-            nonzero = np.flatnonzero(alpha)
-            if nonzero.size == 0:
+        out = np.empty((n, n_terms), dtype=np.float64, order="F")
+        for j, factors in enumerate(_term_plan(n_vars, self.degree, self.interactions)):
+            if not factors:
                 out[:, j] = 1.0
                 continue
-            col = table[alpha[nonzero[0]]][nonzero[0]]
-            for i in nonzero[1:]:
-                col = col * table[alpha[i]][i]
+            (power, var), *rest = factors
+            col = table[power][var]
+            for power, var in rest:
+                col = col * table[power][var]
             out[:, j] = col
         return out
 

@@ -5,7 +5,7 @@ For each run directory (holding ``checkpoints/last.pt`` and ``evaluation/traces_
 iso-accuracy point on calibration (least mean compute within 0.5 points of the final exit),
 reads its test accuracy and mean compute, runs the network with real early exit on the test
 split (checking that it gives exactly the exits of the offline traces), and times it against
-full-depth inference (stem + every block + the last head), batch 256, interleaved A B C A B C,
+full-depth inference (stem + every block + the last head), batch 256, interleaved A B C C B A,
 median of per-repeat ratios. It also measures the time share of each exit (stem + segments up
 to it, per sample, at the same batch size) next to its FLOP share: where early blocks are
 slower per FLOP than late ones, no engine can turn the compute saving into the same wall-clock

@@ -129,6 +129,11 @@ RESULTS = (
     Result("latency_priced.json", "resnet20 (demo nets)", "demo (5 epochs)",
            "FLOP- vs latency-priced", "0",
            "python benchmarks/latency_priced.py DIR/runs/baseline DIR/runs/ldepth --threads 2"),
+    Result("latency_priced_resnet56.json", "resnet56 (demo schedule, 8 epochs)", "demo, 8 epochs",
+           "FLOP- vs latency-priced", "0",
+           "python benchmarks/latency_priced.py DIR/runs/baseline DIR/runs/ldepth --threads 2"
+           " --out benchmarks/results/latency_priced_resnet56.json, DIR from"
+           " `python benchmarks/deep_net.py --schedule demo --epochs 8 --threads 2 --runs DIR`"),
     Result("bench_imagenet_cpu64.json", "imagenet_resnet50, 64 px", "–", "throughput", "–",
            "python benchmarks/bench_imagenet_gpu.py --device cpu --image-size 64"
            " --batch-size 16 --threads 1"),

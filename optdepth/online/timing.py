@@ -10,7 +10,7 @@ inputs as given (NCHW for the demo nets): the memory format changes full-depth a
 time by different factors, so a comparison is only fair with one memory format on both sides.
 
 Timing follows the project's rules for benchmarks on shared CPUs: the two sides are interleaved
-(A B C A B C ...), each side runs once untimed first, and the median of the per-pair ratios is
+(A B C C B A ...), each side runs once untimed first, and the median of the per-pair ratios is
 reported together with the torch thread count.
 
 Where early blocks are slower per FLOP than late ones (on CPUs, the wide shallow activations of
@@ -196,7 +196,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     policy, and each policy's ideal engine (:func:`~optdepth.online.engine.replay_schedule`:
     the network calls its pass made, with no decisions, copies or scheduling between them).
     Each ratio is the median over repeats of the per-round ratio of two sides' times, so every
-    ratio compares runs made back to back.
+    ratio compares runs made in the same round; odd rounds run the sides in reverse order.
 
     Args:
         model: the multi-exit model.
@@ -212,7 +212,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         ``wall_speedup_all_exits`` (against ``model(x)``; None unless ``all_exits``), median
         seconds per pass ``full_depth_s``, ``all_exits_s``, ``early_exit_s`` (and the
         ``repeats`` rounds' own seconds, ``full_depth_round_s`` and ``early_exit_round_s``, in
-        timing order, to pair policies round by round); ``mean_compute``,
+        round order, to pair policies round by round); ``mean_compute``,
         ``compute_speedup`` (1 / mean compute), ``wall_over_compute``; ``ideal_engine_s``
         and ``ideal_wall_speedup`` (the ideal engine's time and speed-up over the baseline:
         what no engine can beat on this hardware), ``engine_efficiency`` (ideal engine time /
@@ -238,9 +238,12 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
     shares = exit_time_shares(model, images[:batch_size], repeats)
     times: dict[Any, list[float]] = {name: [] for name in sides}
     device = next(model.parameters()).device
-    for _ in range(repeats):
-        for name, fn in sides.items():
-            times[name].append(_timed(fn, device))
+    for round_index in range(repeats):
+        # odd rounds run the sides in reverse: a side that always ran late in a round would be
+        # favoured (or penalised) by what ran before it, through caches and clock speeds
+        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for name in order:
+            times[name].append(_timed(sides[name], device))
     full_pred = outputs["full_depth"]
     common = {"accuracy_full_depth": None if labels is None else float((full_pred == labels).mean()),
               "full_depth_s": statistics.median(times["full_depth"]),

@@ -77,9 +77,9 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             timed[f"{name}/{pricing}/{point}"] = policy
     timing = measure_wall_speedups(model, timed, split, args.batch_size, args.repeats,
                                    all_exits=False)
+    exits_of = {key: offline_exits(policy, test) for key, policy in timed.items()}
     records = {}
-    for key, policy in timed.items():
-        exits = offline_exits(policy, test)
+    for key, exits in exits_of.items():
         t = timing[key]
         records[key] = {"test_accuracy": float(exits.accuracy), "flop_compute": exits.mean_compute,
                         **{k: t[k] for k in ("compute_speedup", "wall_speedup",
@@ -91,10 +91,10 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
               f" {t['engine_efficiency']:.2f} of ideal", flush=True)
     return {"latency_profile": profile.to_dict(),
             "flop_shares": [float(c) for c in np.asarray(cal.exit_costs)], "policies": records,
-            "latency_over_flops": pricing_gains(timed, timing, test, run.name)}
+            "latency_over_flops": pricing_gains(exits_of, timing, run.name)}
 
 
-def pricing_gains(timed: dict[str, Any], timing: dict[str, Any], test, label: str) -> dict[str, Any]:
+def pricing_gains(exits_of: dict[str, Any], timing: dict[str, Any], label: str) -> dict[str, Any]:
     """Per policy and point: the latency-priced policy's wall speed-up over the FLOP-priced one.
 
     Round by round (the two were timed back to back in every round), flop time / latency time:
@@ -103,15 +103,14 @@ def pricing_gains(timed: dict[str, Any], timing: dict[str, Any], test, label: st
     is one policy timed twice: ``same_exits`` marks it, and its spread is the timing noise.
     """
     gains = {}
-    for key in timed:
+    for key in exits_of:
         name, pricing, point = key.split("/")
         other = f"{name}/latency/{point}"
-        if pricing != "flops" or other not in timed:
+        if pricing != "flops" or other not in exits_of:
             continue
         ratios = (np.asarray(timing[key]["early_exit_round_s"])
                   / np.asarray(timing[other]["early_exit_round_s"]))
-        same = bool(np.array_equal(offline_exits(timed[key], test).exit_index,
-                                   offline_exits(timed[other], test).exit_index))
+        same = bool(np.array_equal(exits_of[key].exit_index, exits_of[other].exit_index))
         low, high = bootstrap_median_interval(ratios)
         gains[f"{name}/{point}"] = {"median": float(np.median(ratios)), "ci95": [low, high],
                                     "p_value": signed_rank_p(np.log(ratios)),

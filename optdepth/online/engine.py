@@ -239,7 +239,8 @@ def gather_rows(parts: list[tuple[Tensor, Tensor | None]]) -> Tensor:
         so a channels-last state is gathered on its NHWC view and stays channels-last.
     """
     first = parts[0][0]
-    view = (lambda x: x.permute(0, 2, 3, 1)) if _nhwc(first) else (lambda x: x)
+    channels_last = _nhwc(first)
+    view = (lambda x: x.permute(0, 2, 3, 1)) if channels_last else (lambda x: x)
     sizes = [state.shape[0] if index is None else len(index) for state, index in parts]
     out = torch.empty((sum(sizes), *view(first).shape[1:]), dtype=first.dtype, device=first.device)
     start = 0
@@ -250,7 +251,7 @@ def gather_rows(parts: list[tuple[Tensor, Tensor | None]]) -> Tensor:
         else:
             torch.index_select(view(state), 0, index, out=rows)
         start += size
-    return out.permute(0, 3, 1, 2) if _nhwc(first) else out
+    return out.permute(0, 3, 1, 2) if channels_last else out
 
 
 @dataclass(frozen=True)

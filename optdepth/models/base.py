@@ -209,6 +209,22 @@ class BlockStackModel(MultiExitModel):
 
 
 @contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode under ``torch.inference_mode``; its mode is restored after.
+
+    BatchNorm then uses its running statistics, so every sample's output is its own whatever
+    batch it shares, which is what the early-exit engine and the timings rely on.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def countable_attention() -> Iterator[None]:
     """Run attention as plain matmuls while FLOPs are counted.
 

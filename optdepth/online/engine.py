@@ -50,7 +50,7 @@ from torch.profiler import record_function
 
 from optdepth.data.loader import Split
 from optdepth.data.source import BatchSource
-from optdepth.models.base import MultiExitModel, StepOutput
+from optdepth.models.base import MultiExitModel, StepOutput, inference
 from optdepth.offline.exit_policies import ExitPolicy, TraceSource, check_traces
 from optdepth.stopping import NotFittedError, StoppingPolicy
 from optdepth.traces import FEATURES, Traces, step_features
@@ -464,13 +464,8 @@ def early_exit_predict(model: MultiExitModel, policy: StoppingPolicy, data: Batc
                    np.empty((n, model.num_classes), np.float32),
                    np.full((n, len(costs), len(FEATURES)), np.nan, np.float32)
                    if record_features else None, [])
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            _run(model, policy, inputs, costs, out, batch_size, refill)
-    finally:
-        model.train(was_training)
+    with inference(model):
+        _run(model, policy, inputs, costs, out, batch_size, refill)
     costs64 = costs.astype(np.float64)
     return EarlyExitResult(out.predictions, out.exit_index, costs64[out.exit_index], out.probs,
                            costs64, inputs.labels, out.features, tuple(out.schedule))
@@ -508,28 +503,18 @@ def replay_schedule(model: MultiExitModel, schedule: tuple[tuple[int, int], ...]
     model.check_input(images)
     device = next(model.parameters()).device
     images = images[:largest].to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            states = [_stem(model, images)]
-            for t in range(model.num_exits - 1):
-                states.append(_step(model, states[-1], t).state)
-    finally:
-        model.train(was_training)
+    with inference(model):
+        states = [_stem(model, images)]
+        for t in range(model.num_exits - 1):
+            states.append(_step(model, states[-1], t).state)
 
     def replay() -> None:
-        training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for t, k in schedule:
-                    if t == -1:
-                        _stem(model, images[:k])
-                    else:
-                        _step(model, states[t][:k], t)
-        finally:
-            model.train(training)
+        with inference(model):
+            for t, k in schedule:
+                if t == -1:
+                    _stem(model, images[:k])
+                else:
+                    _step(model, states[t][:k], t)
 
     return replay
 

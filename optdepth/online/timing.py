@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from optdepth.data.loader import Split
-from optdepth.models.base import MultiExitModel
+from optdepth.models.base import MultiExitModel, inference
 from optdepth.offline.prices import LatencyProfile
 from optdepth.online.engine import (
     check_batch_size,
@@ -71,15 +71,10 @@ def full_depth_predict(model: MultiExitModel, data: Split | Tensor, batch_size: 
         raise ValueError("the data is empty (N=0 samples): nothing to predict")
     model.check_input(images)
     forward = (lambda x: model(x).logits[-1]) if all_exits else model.forward_final
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            out = [forward(images[s:s + batch_size].to(device, non_blocking=True)).argmax(-1).cpu()
-                   for s in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
+    with inference(model):
+        out = [forward(images[s:s + batch_size].to(device, non_blocking=True)).argmax(-1).cpu()
+               for s in range(0, images.shape[0], batch_size)]
     return torch.cat(out).numpy().astype(np.int64)
 
 
@@ -107,24 +102,19 @@ def exit_time_shares(model: MultiExitModel, images: Tensor, repeats: int = 5) ->
     model.check_input(images)
     device = next(model.parameters()).device
     images = images.to(device)
-    was_training = model.training
-    model.eval()
 
     def median_time(fn: Callable[[], Any]) -> float:
         fn()  # warm-up
         return statistics.median(_timed(fn, device) for _ in range(repeats))
 
-    try:
-        with torch.inference_mode():
-            states = [model.stem(images)]
-            for t in range(model.num_exits):
-                states.append(model.step(states[-1], t).state)
-            segments = [median_time(lambda: model.stem(images))]
-            segments += [median_time(lambda t=t: model.step(states[t], t))
-                         for t in range(model.num_exits)]
-            full = median_time(lambda: model.forward_final(images))
-    finally:
-        model.train(was_training)
+    with inference(model):
+        states = [model.stem(images)]
+        for t in range(model.num_exits):
+            states.append(model.step(states[-1], t).state)
+        segments = [median_time(lambda: model.stem(images))]
+        segments += [median_time(lambda t=t: model.step(states[t], t))
+                     for t in range(model.num_exits)]
+        full = median_time(lambda: model.forward_final(images))
     return np.cumsum(segments)[1:] / full
 
 

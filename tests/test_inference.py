@@ -22,7 +22,7 @@ from optdepth.online import (
     offline_exits,
     replay_schedule,
 )
-from optdepth.online.timing import ENGINE_PARTS
+from optdepth.online.timing import ENGINE_PARTS, interleaved_times, paired
 from optdepth.stopping import NotFittedError, ThresholdPolicy
 from optdepth.traces import FEATURES
 
@@ -253,6 +253,17 @@ def test_exit_policy_is_a_stopping_policy_with_a_source(trained, policies):
         assert isinstance(policy, ExitPolicy) and policy.kind == name
         assert policy.n_steps_ == 9 and policy.n_features_ == len(FEATURES)
         assert policy.source == TraceSource.of_traces(cal)
+
+
+def test_interleaved_times_reverse_odd_rounds_and_pair_by_round():
+    calls = []
+    sides = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    times = interleaved_times(sides, 3)
+    assert calls == list("abccbaabc")  # odd rounds run the sides in reverse
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys("abc", 3)
+    known = {"x": [1.0, 4.0, 9.0], "y": [1.0, 2.0, 1.0]}  # per-round ratios 1, 2, 9
+    assert paired(known, "x", "y") == 2.0
+    assert paired(known, "x", "missing") is None
 
 
 def test_full_depth_baseline_and_wall_speedup_smoke(trained, policies):

@@ -142,6 +142,30 @@ def measure_latency_profile(model: MultiExitModel, data: Split | Tensor, batch_s
                           tuple(float(s) for s in shares))
 
 
+def interleaved_times(sides: Mapping[Any, Callable[[], Any]], repeats: int,
+                      device: torch.device | None = None) -> dict[Any, list[float]]:
+    """Seconds of each side's run, ``repeats`` rounds in which every side runs once.
+
+    Odd rounds run the sides in reverse order: a side that always ran late in a round would be
+    favoured (or penalised) by what ran before it, through caches and clock speeds. Entry r of
+    every list comes from round r, so two sides are compared round by round (:func:`paired`).
+    Warm the sides up first: the first round is timed like the others.
+    """
+    times: dict[Any, list[float]] = {name: [] for name in sides}
+    for round_index in range(repeats):
+        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for name in order:
+            times[name].append(_timed(sides[name], device))
+    return times
+
+
+def paired(times: Mapping[Any, list[float]], numerator: Any, denominator: Any) -> float | None:
+    """Median over rounds of numerator time / denominator time (None if a side is missing)."""
+    if numerator not in times or denominator not in times:
+        return None
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
+
+
 ENGINE_PARTS = ("stem", "segments", "decide", "retire", "regroup")
 
 
@@ -226,14 +250,7 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
         sides[IDEAL, name] = replay_schedule(model, outputs[name].schedule, images[:batch_size])
         sides[IDEAL, name]()  # warm-up
     shares = exit_time_shares(model, images[:batch_size], repeats)
-    times: dict[Any, list[float]] = {name: [] for name in sides}
-    device = next(model.parameters()).device
-    for round_index in range(repeats):
-        # odd rounds run the sides in reverse: a side that always ran late in a round would be
-        # favoured (or penalised) by what ran before it, through caches and clock speeds
-        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
-        for name in order:
-            times[name].append(_timed(sides[name], device))
+    times = interleaved_times(sides, repeats, next(model.parameters()).device)
     full_pred = outputs["full_depth"]
     common = {"accuracy_full_depth": None if labels is None else float((full_pred == labels).mean()),
               "full_depth_s": statistics.median(times["full_depth"]),
@@ -249,27 +266,21 @@ def measure_wall_speedups(model: MultiExitModel, policies: Mapping[str, Stopping
 IDEAL = "ideal engine"
 
 
-def _paired(times: dict[Any, list[float]], numerator: Any, denominator: Any) -> float | None:
-    """Median over rounds of numerator time / denominator time (None if a side is missing)."""
-    if numerator not in times or denominator not in times:
-        return None
-    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
-
-
 def _speedup_record(times: dict[Any, list[float]], name: str, early: Any,
                     common: dict[str, Any]) -> dict[str, Any]:
-    wall, compute_speedup = _paired(times, "full_depth", name), 1.0 / early.mean_compute
+    wall, compute_speedup = paired(times, "full_depth", name), 1.0 / early.mean_compute
     log.info("%s: wall speed-up %.2fx (compute speed-up %.2fx, %d threads, batch %d)", name,
              wall, compute_speedup, common["threads"], common["batch_size"])
-    return {"wall_speedup": wall, "wall_speedup_all_exits": _paired(times, "all_exits", name),
+    return {"wall_speedup": wall, "wall_speedup_all_exits": paired(times, "all_exits", name),
             "early_exit_s": statistics.median(times[name]), "mean_compute": early.mean_compute,
             "compute_speedup": compute_speedup, "wall_over_compute": wall / compute_speedup,
             "early_exit_round_s": times[name],
             "ideal_engine_s": statistics.median(times[IDEAL, name]),
-            "ideal_wall_speedup": _paired(times, "full_depth", (IDEAL, name)),
-            "engine_efficiency": _paired(times, (IDEAL, name), name),
+            "ideal_wall_speedup": paired(times, "full_depth", (IDEAL, name)),
+            "engine_efficiency": paired(times, (IDEAL, name), name),
             "accuracy_early_exit": early.accuracy, **common}
 
 
 __all__ = ["ENGINE_PARTS", "baseline_kind", "engine_time_breakdown", "exit_time_shares",
-           "full_depth_predict", "measure_latency_profile", "measure_wall_speedups"]
+           "full_depth_predict", "interleaved_times", "measure_latency_profile",
+           "measure_wall_speedups", "paired"]

@@ -18,7 +18,8 @@ the heap's top above its trim threshold), and the next allocation faults fresh p
 touch. Which batch sizes pay for it depends on the activation sizes; the script counts the minor
 faults of one pass of each side. Run it again under
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456``
-(or with jemalloc / tcmalloc preloaded) to see the batch sizes without them; the result records
+to see the batch sizes without them (jemalloc or tcmalloc preloaded are the usual alternative,
+not measured here); the result records
 the ``MALLOC_*`` variables it ran under. Run from the repository root with nothing else busy::
 
     python benchmarks/batch_size_sweep.py demo_out/runs/ldepth --threads 2

@@ -239,8 +239,8 @@ def _batch_sweep_section(result: Result, sweep: dict[str, Any]) -> list[str]:
              " engine carries a fixed cost for the decision, the retiring and the regrouping of"
              " samples (engine / ideal below 1), which larger batches spread over more samples."
              " Under glibc's default malloc, batches with large activations page-fault on every"
-             " call; run such jobs with jemalloc or tcmalloc preloaded, or with the MALLOC_*"
-             " settings of the second sweep.", "",
+             " call; the MALLOC_* settings of the second sweep remove that (jemalloc or tcmalloc"
+             " preloaded are the usual alternative, not measured here).", "",
              _row(["batch", "policy", "full depth (s)", "early exit (s)", "wall speed-up",
                    "wall / compute", "ideal w/c", "engine / ideal", "calls", "faults"]),
              _row(["---"] * 10)]

@@ -19,8 +19,7 @@ touch. Which batch sizes pay for it depends on the activation sizes; the script 
 faults of one pass of each side. Run it again under
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456``
 to see the batch sizes without them (jemalloc or tcmalloc preloaded are the usual alternative,
-not measured here); the result records
-the ``MALLOC_*`` variables it ran under. Run from the repository root with nothing else busy::
+not measured here); the result records the ``MALLOC_*`` variables it ran under. Run from the repository root with nothing else busy::
 
     python benchmarks/batch_size_sweep.py demo_out/runs/ldepth --threads 2
 """

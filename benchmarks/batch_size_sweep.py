@@ -1,8 +1,9 @@
 """Early exit against full depth at several batch sizes, all timed in one interleaved run.
 
 The wall speed-up of early exit depends on the batch size far more than full-depth time does:
-every network call of the engine carries a fixed cost (features, the policy's decision,
-retiring and regrouping samples), which a larger call spreads over more samples. This script
+every network call of the engine carries its own cost (features, the policy's decision,
+retiring and regrouping samples), which grows more slowly than the call, so a larger call
+spreads it over more samples. This script
 fits each policy at its iso-accuracy point on one run's calibration traces and, for every
 batch size, times full depth, the engine and the engine's ideal replay
 (:func:`optdepth.online.replay_schedule`) in the same rounds
@@ -19,7 +20,8 @@ touch. Which batch sizes pay for it depends on the activation sizes; the script 
 faults of one pass of each side. Run it again under
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456``
 to see the batch sizes without them (jemalloc or tcmalloc preloaded are the usual alternative,
-not measured here); the result records the ``MALLOC_*`` variables it ran under. Run from the repository root with nothing else busy::
+not measured here); the result records the ``MALLOC_*`` variables it ran under. Run from the
+repository root with nothing else busy::
 
     python benchmarks/batch_size_sweep.py demo_out/runs/ldepth --threads 2
 """

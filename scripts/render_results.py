@@ -236,8 +236,9 @@ def _batch_sweep_section(result: Result, sweep: dict[str, Any]) -> list[str]:
              " one pass (full depth / early exit / ideal engine). The wall speed-up trails the"
              " compute speed-up for two reasons this separates: the early, wide blocks cost more"
              " time per FLOP than the late ones (ideal w/c below 1), and every network call of the"
-             " engine carries a fixed cost for the decision, the retiring and the regrouping of"
-             " samples (engine / ideal below 1), which larger batches spread over more samples."
+             " engine carries its own cost for the decision, the retiring and the regrouping of"
+             " samples (engine / ideal below 1), which grows more slowly than the call, so larger"
+             " batches spread it over more samples."
              " Under glibc's default malloc, batches with large activations page-fault on every"
              " call; the MALLOC_* settings of the second sweep remove that (jemalloc or tcmalloc"
              " preloaded are the usual alternative, not measured here).", "",

@@ -44,6 +44,7 @@ from optdepth.errors import DataError
 from optdepth.models.base import per_sample_norm
 from optdepth.models.decoder import DecodeCache, DecoderLM, check_token_ids
 from optdepth.online.engine import check_policy, model_source
+from optdepth.online.timing import paired
 from optdepth.stopping import StoppingPolicy
 from optdepth.traces import FEATURES, step_features
 
@@ -515,8 +516,7 @@ def measure_decode_speedups(model: DecoderLM, prompts: Sequence[Prompt], max_new
     full = results.pop("full_depth")
     out = {}
     for name, result in results.items():
-        ratio = statistics.median(a / b for a, b in zip(times["full_depth"], times[name], strict=True))
-        record = {"decode_speedup": ratio,
+        record = {"decode_speedup": paired(times, "full_depth", name),
                   "tokens_per_s": full.tokens.size / statistics.median(times[name]),
                   "full_depth_tokens_per_s": full.tokens.size / statistics.median(times["full_depth"]),
                   "same_tokens_fraction": float((result.tokens == full.tokens).mean()),
@@ -530,7 +530,8 @@ def measure_decode_speedups(model: DecoderLM, prompts: Sequence[Prompt], max_new
                           draft_exit=sides[name]["draft_exit"],
                           draft_tokens=sides[name]["draft_tokens"])
         out[name] = record
-        log.info("%s: decode speed-up %.2fx (%d threads)", name, ratio, record["threads"])
+        log.info("%s: decode speed-up %.2fx (%d threads)", name, record["decode_speedup"],
+                 record["threads"])
     return out
 
 
